@@ -52,7 +52,26 @@ class MarginwatchError(Exception):
 
 
 class InputRejected(MarginwatchError):
-    """An input that cannot be applied; it becomes a dead-letter with ``code``."""
+    """An input that cannot be applied; it becomes a dead-letter with ``code``.
+
+    ``account_id``, ``cause_id`` and ``ts`` are what could be read of the input
+    (``None`` when it could not be parsed that far); the dead-letter uses them.
+    """
+
+    def __init__(
+        self,
+        code: str,
+        detail: str,
+        field: str | None = None,
+        *,
+        account_id: str | None = None,
+        cause_id: str | None = None,
+        ts: int | None = None,
+    ) -> None:
+        super().__init__(code, detail, field)
+        self.account_id = account_id
+        self.cause_id = cause_id
+        self.ts = ts
 
 
 class ConfigError(MarginwatchError):
