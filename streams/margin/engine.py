@@ -1,0 +1,444 @@
+"""The fold of one partition's ordered log: apply an event, evaluate what it
+touched, decide state transitions, and return the outputs of the contract.
+
+:class:`PartitionEngine` is pure: it takes each event with its time already in
+it, does no I/O, and returns :class:`Output` s whose values lack only
+``decided_at`` (wall clock, stamped by the adapter). The stream worker and
+``marginwatch replay`` both drive it, so one ordered input gives one output.
+
+State persistence is the adapter's: after each ``apply`` it reads
+``take_dirty()`` and writes the records of the accounts, ids and partition
+globals that changed; ``load_*`` rebuilds an engine from those records.
+"""
+from __future__ import annotations
+
+import hashlib
+import math
+from dataclasses import dataclass
+from decimal import Decimal
+
+import numpy as np
+
+from .book import AccountBook
+from .errors import (
+    CONFLICTING_DUPLICATE,
+    UNKNOWN_ASSET,
+    UNKNOWN_INSTRUMENT,
+    InputRejected,
+)
+from .events import (
+    ACCOUNT_SNAPSHOTS,
+    COLLATERAL,
+    FILLS,
+    AccountSnapshot,
+    AssetParams,
+    CollateralChange,
+    Fill,
+    InstrumentParams,
+    MarkTick,
+)
+from .instruments import CollateralAsset, Instrument
+from .kernels import ColumnarIndex
+from .reference import STATE_CODE, STATES, Market, MarginConfig, next_state, position_values
+from .status import StatusBuilder
+
+APPLIED = "applied"
+DUPLICATE = "duplicate"
+STALE = "stale"
+
+MARGIN_STATUS = "margin-status"
+MARGIN_CALLS = "margin-calls"
+LIQUIDATIONS = "liquidations"
+CROSS_SCOPE = "cross"
+
+
+@dataclass(frozen=True, slots=True)
+class Output:
+    """One output message: contract topic name, key and value (no ``decided_at``)."""
+
+    topic: str
+    key: str
+    value: dict
+
+
+@dataclass(frozen=True, slots=True)
+class ApplyResult:
+    outcome: str  # applied | duplicate | stale
+    outputs: list[Output]
+
+
+def fingerprint(event) -> str:
+    """A stable digest of an event's content, to tell a redelivery from a conflict."""
+    return hashlib.sha1(repr(_canonical(event)).encode()).hexdigest()[:16]
+
+
+def _canonical(value):
+    if isinstance(value, Decimal):
+        return str(value.normalize())
+    if isinstance(value, tuple):
+        return tuple(_canonical(v) for v in value)
+    if hasattr(value, "__dataclass_fields__"):
+        return tuple((name, _canonical(getattr(value, name))) for name in value.__dataclass_fields__)
+    return value
+
+
+class AccountState:
+    """What the engine keeps per account besides the arrays: the exact book and
+    the liquidation episode/step counters of each scope."""
+
+    __slots__ = ("book", "episodes")
+
+    def __init__(self, book: AccountBook) -> None:
+        self.book = book
+        self.episodes: dict[str, list[int]] = {}
+
+
+class PartitionEngine:
+    """Margin state of one partition and the fold over its log."""
+
+    def __init__(self, cfg: MarginConfig) -> None:
+        self.cfg = cfg
+        self.market = Market(valuation_currency=cfg.valuation_currency)
+        self.mark_meta: dict[str, tuple[int, int | None]] = {}  # symbol -> (ts, seq)
+        self.accounts: dict[str, AccountState] = {}
+        self.seen: dict[str, str] = {}
+        self.last_ts = 0
+        self.index = ColumnarIndex(cfg.valuation_currency, float(cfg.call_level), float(cfg.recovery_band))
+        self.status = StatusBuilder(self)
+        self._dirty_accounts: set[str] = set()
+        self._dirty_seen: dict[str, str] = {}
+        self._dirty_globals = False
+
+    # -- the fold ------------------------------------------------------------------
+    def apply(self, event) -> ApplyResult:
+        """Apply one event; raises :class:`InputRejected` (state unchanged) when it cannot be applied."""
+        if isinstance(event, MarkTick):
+            return self._apply_mark(event)
+        if isinstance(event, (InstrumentParams, AssetParams)):
+            return self._apply_params(event)
+        return self._apply_account_event(event)
+
+    def _touch_ts(self, ts: int | None) -> int:
+        if ts is not None and ts > self.last_ts:
+            self.last_ts = ts
+            self._dirty_globals = True
+        return self.last_ts if ts is None else ts
+
+    # marks ------------------------------------------------------------------------
+    def _apply_mark(self, tick: MarkTick) -> ApplyResult:
+        meta = self.mark_meta.get(tick.symbol)
+        if meta is not None:
+            last_ts, last_seq = meta
+            if tick.seq is not None and last_seq is not None:
+                if tick.seq <= last_seq:
+                    return ApplyResult(STALE, [])
+            elif tick.ts <= last_ts:
+                return ApplyResult(STALE, [])
+        ts = self._touch_ts(tick.ts)
+        self.mark_meta[tick.symbol] = (tick.ts, tick.seq)
+        self.market.marks[tick.symbol] = tick.mark_price
+        self._dirty_globals = True
+        mark_f = float(tick.mark_price)
+        mask = np.zeros(len(self.index.ids), bool)
+        iso = []
+        if tick.symbol in self.index.symbols:
+            slots = self.index.set_mark(tick.symbol, mark_f)
+            col = self.index.symbols[tick.symbol]
+            mask[col.rows[slots]] = True
+            iso.append((col, slots[col.iso[slots]]))
+        for asset, rec in self.market.assets.items():
+            if rec.price_symbol == tick.symbol:
+                self.index.add_asset(asset, mark_f, float(rec.haircut))
+                mask[self.index.rows_exposed_to(asset)] = True
+        rows = np.flatnonzero(mask)
+        cause = {"topic": tick.topic, "id": tick.cause_id, "ts": tick.ts}
+        return ApplyResult(APPLIED, self._evaluate(rows, iso, cause, ts, {}))
+
+    # risk parameters ----------------------------------------------------------------
+    def _apply_params(self, p) -> ApplyResult:
+        mask = np.zeros(len(self.index.ids), bool)
+        iso = []
+        if isinstance(p, InstrumentParams):
+            inst = Instrument.from_params(p)
+            old = self.market.instruments.get(p.symbol)
+            if old is not None:
+                old.check_update(inst)
+            self.market.instruments[p.symbol] = inst
+            col = self.index.add_symbol(inst)
+            if col.n:
+                self.index.recompute_symbol(p.symbol)
+                slots = np.arange(col.n)
+                mask[col.rows[slots]] = True
+                iso.append((col, slots[col.iso[slots]]))
+        else:
+            rec = CollateralAsset.from_params(p)
+            self.market.assets[p.asset] = rec
+            price = self.market.asset_price(p.asset)
+            self.index.add_asset(p.asset, math.nan if price is None else float(price), float(rec.haircut))
+            mask[self.index.rows_exposed_to(p.asset)] = True
+        self._dirty_globals = True
+        ts = self._touch_ts(p.ts)
+        cause = {"topic": p.topic, "id": p.cause_id, "ts": p.ts}
+        return ApplyResult(APPLIED, self._evaluate(np.flatnonzero(mask), iso, cause, ts, {}))
+
+    def seed_params(self, events) -> None:
+        """Load start-up risk-params (no outputs: nothing is held yet)."""
+        for p in events:
+            self._apply_params(p)
+
+    # account events ---------------------------------------------------------------------
+    def _apply_account_event(self, ev) -> ApplyResult:
+        kind, ident = ev.topic, ev.cause_id
+        seen_key = f"{ev.account_id}\x1f{kind}\x1f{ident}"
+        fp = fingerprint(ev)
+        prior = self.seen.get(seen_key)
+        if prior == fp:
+            return ApplyResult(DUPLICATE, [])
+        self._validate(ev)
+        state = self.accounts.get(ev.account_id)
+        if prior is not None:
+            # precedence: a mode or isolated-margin error of the new content wins
+            probe = state.book.copy() if state else AccountBook(ev.account_id)
+            self._apply_to_book(probe, ev)
+            raise InputRejected(
+                CONFLICTING_DUPLICATE,
+                f"field '{_ID_FIELD[kind]}' {ident!r} was already applied with different content",
+                _ID_FIELD[kind], account_id=ev.account_id, cause_id=ident, ts=ev.ts,
+            )
+        if state is None:
+            state = AccountState(AccountBook(ev.account_id))
+        before = {s: (p.qty, p.margin_mode) for s, p in state.book.positions.items()}
+        self._apply_to_book(state.book, ev)
+        self.accounts[ev.account_id] = state
+        self.seen[seen_key] = fp
+        self._dirty_seen[seen_key] = fp
+        ts = self._touch_ts(ev.ts)
+        row = self.index.row(ev.account_id)
+        self._sync_row(row, state)
+        self.index.book_dirty[row] = True
+        self._dirty_accounts.add(ev.account_id)
+        changed_scopes = self._scopes_with_changed_positions(before, state.book)
+        iso = []
+        for symbol, p in state.book.positions.items():
+            if p.isolated:
+                col = self.index.symbols[symbol]
+                iso.append((col, np.array([col.slot_of[row]])))
+        cause = {"topic": ev.topic, "id": ident, "ts": ev.ts}
+        outputs = self._evaluate(np.array([row]), iso, cause, ts, {row: changed_scopes})
+        return ApplyResult(APPLIED, outputs)
+
+    def _validate(self, ev) -> None:
+        ctx = {"account_id": ev.account_id, "cause_id": ev.cause_id, "ts": ev.ts}
+        instruments = self.market.instruments
+        if isinstance(ev, Fill):
+            if ev.symbol not in instruments:
+                raise InputRejected(UNKNOWN_INSTRUMENT, f"field 'symbol' names {ev.symbol!r}, which has no risk-params record", "symbol", **ctx)
+            if ev.fee_asset is not None and not self._known_asset(ev.fee_asset):
+                raise InputRejected(UNKNOWN_ASSET, f"field 'fee_asset' names {ev.fee_asset!r}, which has no risk-params record", "fee_asset", **ctx)
+        elif isinstance(ev, CollateralChange):
+            if ev.reason == "isolated_margin" and ev.symbol not in instruments:
+                raise InputRejected(UNKNOWN_INSTRUMENT, f"field 'symbol' names {ev.symbol!r}, which has no risk-params record", "symbol", **ctx)
+            if not self._known_asset(ev.asset):
+                raise InputRejected(UNKNOWN_ASSET, f"field 'asset' names {ev.asset!r}, which has no risk-params record", "asset", **ctx)
+        elif isinstance(ev, AccountSnapshot):
+            for i, p in enumerate(ev.positions):
+                if p.symbol not in instruments:
+                    raise InputRejected(UNKNOWN_INSTRUMENT, f"field 'positions.{i}.symbol' names {p.symbol!r}, which has no risk-params record", f"positions.{i}.symbol", **ctx)
+            for asset, _ in ev.balances:
+                if not self._known_asset(asset):
+                    raise InputRejected(UNKNOWN_ASSET, f"field 'balances.{asset}' names an asset with no risk-params record", f"balances.{asset}", **ctx)
+
+    def _known_asset(self, asset: str) -> bool:
+        return asset == self.cfg.valuation_currency or asset in self.market.assets
+
+    def _apply_to_book(self, book: AccountBook, ev) -> None:
+        try:
+            if isinstance(ev, Fill):
+                book.apply_fill(ev, self.market.instruments[ev.symbol])
+            elif isinstance(ev, CollateralChange):
+                inst = self.market.instruments.get(ev.symbol) if ev.symbol else None
+                book.apply_collateral(ev, inst)
+            else:
+                book.apply_snapshot(ev)
+        except InputRejected as err:
+            err.account_id, err.cause_id, err.ts = ev.account_id, ev.cause_id, ev.ts
+            raise
+
+    @staticmethod
+    def _scopes_with_changed_positions(before: dict, book: AccountBook) -> set[str]:
+        after = {s: (p.qty, p.margin_mode) for s, p in book.positions.items()}
+        scopes = set()
+        for symbol in before.keys() | after.keys():
+            b, a = before.get(symbol), after.get(symbol)
+            if b != a:
+                modes = {x[1] for x in (a, b) if x is not None}
+                if "cross" in modes:
+                    scopes.add(CROSS_SCOPE)
+                if "isolated" in modes:
+                    scopes.add(symbol)
+        return scopes
+
+    def _sync_row(self, row: int, state: AccountState) -> None:
+        """Mirror the account's exact book into the arrays."""
+        book = state.book
+        for asset in book.balances:
+            if asset not in self.index.asset_col:
+                price = self.market.asset_price(asset)
+                rec = self.market.assets.get(asset)
+                self.index.add_asset(asset, math.nan if price is None else float(price), float(rec.haircut) if rec else 0.0)
+        self.index.set_balances(row, {a: float(v) for a, v in book.balances.items()})
+        for symbol in list(self.index.held[row]):
+            if symbol not in book.positions:
+                self.index.remove_position(row, symbol)
+        for symbol, p in book.positions.items():
+            col = self.index.symbols[symbol]
+            slot = col.slot_of.get(row)
+            iso_state = int(col.iso_state[slot]) if (slot is not None and p.isolated) else 0
+            self.index.set_position(row, symbol, float(p.qty), float(p.entry) if p.entry else 0.0,
+                                    float(p.last_price), p.isolated, float(p.isolated_margin), iso_state)
+
+    # -- evaluation and decisions --------------------------------------------------------
+    def _evaluate(self, rows: np.ndarray, iso: list, cause: dict, ts: int, changed: dict[int, set[str]]) -> list[Output]:
+        idx = self.index
+        cfg = self.cfg
+        transitions: dict[int, list[tuple[str, int, int]]] = {}
+        # isolated scopes
+        for col, slots in iso:
+            if not len(slots):
+                continue
+            equity, mm, near = idx.evaluate_isolated(col, slots)
+            prev = col.iso_state[slots].copy()
+            new = idx.decide(equity, mm, prev)
+            for i in np.flatnonzero(near):
+                new[i] = self._exact_isolated_state(col, int(slots[i]), int(prev[i]))
+            for i in np.flatnonzero(new != prev):
+                r = int(col.rows[slots[i]])
+                transitions.setdefault(r, []).append((col.inst.symbol, int(prev[i]), int(new[i])))
+            col.iso_state[slots] = new
+        # cross scopes, including every row with an isolated transition (for its status)
+        if transitions:
+            rows = np.union1d(rows, np.fromiter(transitions.keys(), np.int64))
+        if not len(rows):
+            return []
+        ce = idx.evaluate_cross(rows)
+        prev = idx.cross_state[rows].copy()
+        new = idx.decide(ce.equity, ce.mm, prev)
+        for i in np.flatnonzero(ce.near):
+            new[i] = self._exact_cross_state(int(rows[i]), int(prev[i]))
+        for i in np.flatnonzero(new != prev):
+            transitions.setdefault(int(rows[i]), []).insert(0, (CROSS_SCOPE, int(prev[i]), int(new[i])))
+        idx.cross_state[rows] = new
+        # margin-status triggers (vectorized): state changed, book changed or ratio moved
+        with np.errstate(divide="ignore", invalid="ignore"):
+            ratio = np.where(ce.mm == 0, 0.0, np.where(ce.equity > 0, ce.mm / ce.equity, np.nan))
+        last_ratio = idx.emit_ratio[rows]
+        never = idx.emit_ts[rows] < 0
+        moved = np.where(
+            np.isnan(ratio) | np.isnan(last_ratio),
+            np.isnan(ratio) != np.isnan(last_ratio),
+            np.abs(ratio - last_ratio) >= float(cfg.status_ratio_step),
+        )
+        trig = never | idx.book_dirty[rows] | moved
+        allowed = never | (ts - idx.emit_ts[rows] >= cfg.status_interval_ms)
+        emit = trig & allowed
+        state_rows = set(transitions)
+        liq_rows = {r for r, scopes in changed.items() if scopes}
+        candidates = np.flatnonzero(emit)
+        emitting = {int(rows[i]): int(i) for i in candidates}
+        pos_of = {int(r): int(i) for i, r in enumerate(rows)} if (state_rows or liq_rows) else {}
+        for r in state_rows | liq_rows:
+            emitting.setdefault(r, pos_of[r])
+        if not emitting:
+            return []
+        outputs: list[Output] = []
+        for r in sorted(emitting, key=lambda r: idx.ids[r]):
+            i = emitting[r]
+            account_id = idx.ids[r]
+            outputs.extend(self._account_outputs(r, account_id, transitions.get(r, []), changed.get(r, set()),
+                                                 ce, i, cause, ts, bool(emit[i]) or r in state_rows))
+            self._dirty_accounts.add(account_id)
+        return outputs
+
+    def _exact_cross_state(self, row: int, prev: int) -> int:
+        state = self.accounts[self.index.ids[row]]
+        from .reference import evaluate_exact
+
+        vals = evaluate_exact(state.book, self.market)
+        return STATE_CODE[next_state(STATES[prev], vals.cross.equity, vals.cross.mm, self.cfg)]
+
+    def _exact_isolated_state(self, col, slot: int, prev: int) -> int:
+        row = int(col.rows[slot])
+        pos = self.accounts[self.index.ids[row]].book.positions[col.inst.symbol]
+        pv = position_values(pos, col.inst, self.market.mark_for(pos))
+        return STATE_CODE[next_state(STATES[prev], pos.isolated_margin + pv.upnl, pv.mm, self.cfg)]
+
+    def _account_outputs(self, r, account_id, transitions, changed_scopes, ce, i, cause, ts, emit_status) -> list[Output]:
+        state = self.accounts[account_id]
+        outs: list[Output] = []
+        liq_scopes: list[str] = []
+        for scope, old, new in transitions:
+            outs.append(self._out(MARGIN_CALLS, account_id, scope, cause, ts,
+                                  self.status.margin_call(r, scope, STATES[old], STATES[new], ce, i)))
+            if new == 2:
+                ep = state.episodes.setdefault(scope, [0, 0])
+                ep[0] += 1
+                ep[1] = 1
+                liq_scopes.append(scope)
+        for scope in sorted(changed_scopes, key=_scope_order):
+            if scope in liq_scopes or not self._scope_in_liquidation(r, scope):
+                continue
+            state.episodes.setdefault(scope, [1, 0])[1] += 1
+            liq_scopes.append(scope)
+        for scope in sorted(liq_scopes, key=_scope_order):
+            episode, step = state.episodes[scope]
+            outs.append(self._out(LIQUIDATIONS, account_id, scope, cause, ts,
+                                  self.status.liquidation(r, scope, episode, step)))
+        if emit_status:
+            payload, ratio = self.status.margin_status(r, ce, i)
+            outs.append(self._out(MARGIN_STATUS, account_id, "account", cause, ts, payload))
+            self.index.emit_ts[r] = ts
+            self.index.emit_ratio[r] = math.nan if ratio is None else ratio
+            self.index.book_dirty[r] = False
+        return outs
+
+    def _scope_in_liquidation(self, r: int, scope: str) -> bool:
+        if scope == CROSS_SCOPE:
+            return int(self.index.cross_state[r]) == 2
+        col = self.index.symbols[scope]
+        slot = col.slot_of.get(r)
+        return slot is not None and int(col.iso_state[slot]) == 2
+
+    def _out(self, topic: str, account_id: str, scope: str, cause: dict, ts: int, body: dict) -> Output:
+        value = {
+            "event_id": f"{topic}:{account_id}:{scope}:{cause['topic']}:{cause['id']}",
+            "account_id": account_id,
+            "ts": ts,
+            "cause": cause,
+            "schema_version": 1,
+        }
+        value.update(body)
+        return Output(topic, account_id, value)
+
+    # -- persistence ---------------------------------------------------------------------
+    def take_dirty(self) -> tuple[set[str], dict[str, str], bool]:
+        """Accounts, seen ids and whether the globals changed since the last call."""
+        out = (self._dirty_accounts, self._dirty_seen, self._dirty_globals)
+        self._dirty_accounts, self._dirty_seen, self._dirty_globals = set(), {}, False
+        return out
+
+
+_ID_FIELD = {FILLS: "fill_id", COLLATERAL: "event_id", ACCOUNT_SNAPSHOTS: "snapshot_id"}
+
+
+def _scope_order(scope: str) -> tuple[int, str]:
+    return (0, "") if scope == CROSS_SCOPE else (1, scope)
+
+
+def current_status(engine: PartitionEngine, account_id: str, cause: dict) -> Output | None:
+    """A margin-status of the account as it is now (for queries and ``--final``)."""
+    r = engine.index.row_of.get(account_id)
+    if r is None or account_id not in engine.accounts:
+        return None
+    ce = engine.index.evaluate_cross(np.array([r]))
+    body, _ = engine.status.margin_status(r, ce, 0)
+    return engine._out(MARGIN_STATUS, account_id, "account", cause, engine.last_ts, body)

@@ -1,0 +1,103 @@
+"""``marginwatch replay FILE``: the engine over a JSON-lines log, without Kafka.
+
+Each line is an envelope ``{"topic", "key", "value"}`` where value is an object,
+a string of raw text, or given as ``value_b64``; lines are applied in file order
+as one partition (offset = line number from 0). Every output is printed as a
+``{"topic", "key", "value"}`` line. A line that is not such an envelope is
+dead-lettered with ``source_topic: "replay"``.
+"""
+from __future__ import annotations
+
+import base64
+import binascii
+import sys
+from typing import IO, Iterable, Iterator
+
+import orjson
+
+from .deadletter import build_dead_letter
+from .margin.engine import Output, current_status
+from .margin.errors import SCHEMA_VIOLATION, INVALID_JSON, InputRejected
+from .pipeline import DEAD_LETTERS, PartitionProcessor, new_engine, wall_ms
+from .settings import Settings
+
+INPUT_TOPICS = ("fills", "mark-prices", "collateral", "account-snapshots", "risk-params")
+
+
+def parse_envelope(line: bytes) -> tuple[str, bytes | None, bytes]:
+    """(topic, key bytes, value bytes) of one replay line, or ``InputRejected``."""
+    try:
+        env = orjson.loads(line)
+    except orjson.JSONDecodeError as exc:
+        raise InputRejected(INVALID_JSON, f"the replay line is not valid JSON ({exc})", None) from None
+    if not isinstance(env, dict):
+        raise InputRejected(SCHEMA_VIOLATION, "the replay line must be an object with 'topic', 'key' and 'value'", None)
+    topic = env.get("topic")
+    if topic not in INPUT_TOPICS:
+        raise InputRejected(SCHEMA_VIOLATION, f"field 'topic' must be one of {', '.join(INPUT_TOPICS)}, got {topic!r}", "topic")
+    key = env.get("key")
+    if key is not None and not isinstance(key, str):
+        raise InputRejected(SCHEMA_VIOLATION, "field 'key' must be a string or null", "key")
+    if "value_b64" in env:
+        try:
+            value = base64.b64decode(env["value_b64"], validate=True)
+        except (binascii.Error, TypeError, ValueError):
+            raise InputRejected(SCHEMA_VIOLATION, "field 'value_b64' must be base64 text", "value_b64") from None
+    elif "value" in env:
+        v = env["value"]
+        value = v.encode("utf-8", "surrogatepass") if isinstance(v, str) else orjson.dumps(v)
+    else:
+        raise InputRejected(SCHEMA_VIOLATION, "field 'value' (or 'value_b64') is missing", "value")
+    return topic, None if key is None else key.encode(), value
+
+
+def replay_lines(lines: Iterable[bytes], settings: Settings, final: bool = False,
+                 clock=wall_ms) -> Iterator[Output]:
+    """Outputs of replaying ``lines`` (one partition, offset = line number)."""
+    proc = PartitionProcessor(new_engine(settings), partition=0, clock=clock)
+    for offset, line in enumerate(lines):
+        line = line.rstrip(b"\r\n")
+        if not line.strip():
+            continue
+        try:
+            topic, key, value = parse_envelope(line)
+        except InputRejected as err:
+            payload = build_dead_letter(
+                source_topic="replay", partition=0, offset=offset, key=None, value=line, error=err,
+                fallback_ts=proc.engine.last_ts, decided_at=clock(),
+            )
+            yield Output(DEAD_LETTERS, payload.get("account_id") or "", payload)
+            continue
+        yield from stamp(proc.process(topic, key, value, offset).outputs, clock)
+    if final:
+        cause = {"topic": "replay", "id": "final", "ts": proc.engine.last_ts}
+        for account_id in sorted(proc.engine.accounts):
+            out = current_status(proc.engine, account_id, cause)
+            if out is not None:
+                yield from stamp([out], clock)
+
+
+def stamp(outputs: list[Output], clock) -> list[Output]:
+    """Add ``decided_at`` (wall clock) to each output value that lacks it."""
+    now = clock()
+    for out in outputs:
+        out.value.setdefault("decided_at", now)
+    return outputs
+
+
+def write_outputs(outputs: Iterable[Output], stream: IO[bytes]) -> int:
+    n = 0
+    for out in outputs:
+        stream.write(orjson.dumps({"topic": out.topic, "key": out.key, "value": out.value}))
+        stream.write(b"\n")
+        n += 1
+    return n
+
+
+def run(path: str, settings: Settings, final: bool) -> int:
+    """The command: read ``path`` (``-`` = stdin), print outputs; returns the exit code."""
+    stream = sys.stdin.buffer if path == "-" else open(path, "rb")
+    with stream:
+        write_outputs(replay_lines(stream, settings, final), sys.stdout.buffer)
+    sys.stdout.flush()
+    return 0
