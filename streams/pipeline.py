@@ -49,6 +49,7 @@ class Processed:
     outputs: list[Output]
     event_ts: int | None  # event time of the input, when it could be read
     error: str | None = None
+    event: object = None
 
 
 def wall_ms() -> int:
@@ -76,7 +77,7 @@ class PartitionProcessor:
             result = self.engine.apply(event)
         except InputRejected as err:
             return self._dead_letter(topic, key, value, offset, err)
-        return Processed(result.outcome, result.outputs, event.ts)
+        return Processed(result.outcome, result.outputs, event.ts, None, event)
 
     def _dead_letter(self, topic, key, value, offset, err: InputRejected) -> Processed:
         payload = build_dead_letter(

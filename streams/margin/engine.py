@@ -108,6 +108,7 @@ class PartitionEngine:
         self._dirty_accounts: set[str] = set()
         self._dirty_seen: dict[str, str] = {}
         self._dirty_globals = False
+        self.params_version = 0
 
     # -- the fold ------------------------------------------------------------------
     def apply(self, event) -> ApplyResult:
@@ -177,6 +178,7 @@ class PartitionEngine:
             self.index.add_asset(p.asset, math.nan if price is None else float(price), float(rec.haircut))
             mask[self.index.rows_exposed_to(p.asset)] = True
         self._dirty_globals = True
+        self.params_version += 1
         ts = self._touch_ts(p.ts)
         cause = {"topic": p.topic, "id": p.cause_id, "ts": p.ts}
         return ApplyResult(APPLIED, self._evaluate(np.flatnonzero(mask), iso, cause, ts, {}))

@@ -157,6 +157,7 @@ class ColumnarIndex:
     def __init__(self, valuation_currency: str, call_level: float, recovery_band: float) -> None:
         self.valuation_currency = valuation_currency
         self.call_level = call_level
+        self.recovery_band = recovery_band
         self.lower_level = call_level - recovery_band
         self.row_of: dict[str, int] = {}
         self.ids: list[str] = []

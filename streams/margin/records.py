@@ -43,15 +43,21 @@ def instrument_from_record(symbol: str, r: dict) -> Instrument:
     )
 
 
-def globals_record(engine) -> dict:
-    """Partition-wide state: parameters, marks, the latest event time, column order."""
+def params_record(engine) -> dict:
+    """Partition-wide parameters and the index's column order (changes rarely)."""
     m = engine.market
     return {
         "instruments": {s: instrument_record(i) for s, i in m.instruments.items()},
         "assets": {a: [r.price_symbol, str(r.haircut)] for a, r in m.assets.items()},
-        "marks": {s: [str(p), *engine.mark_meta[s]] for s, p in m.marks.items()},
         "asset_order": list(engine.index.assets),
         "symbol_order": list(engine.index.symbols),
+    }
+
+
+def marks_record(engine) -> dict:
+    """Last marks (with ts/seq for staleness) and the latest event time seen."""
+    return {
+        "marks": {s: [str(p), *engine.mark_meta[s]] for s, p in engine.market.marks.items()},
         "last_ts": engine.last_ts,
     }
 
@@ -78,32 +84,39 @@ def account_record(engine, account_id: str) -> dict:
     }
 
 
-def restore(engine, globals_rec: dict | None, accounts: Iterable[tuple[str, dict]], seen: Iterable[tuple[str, str]]) -> None:
+def restore(engine, params_rec: dict | None, marks_rec: dict | None, accounts: Iterable[tuple[str, dict]], seen: Iterable[tuple[str, str]]) -> None:
     """Rebuild a fresh engine (seeded or not) from records."""
     from .engine import AccountState
 
     idx = engine.index
     m = engine.market
-    if globals_rec is not None:
-        m.instruments.clear()
-        m.assets.clear()
-        m.marks.clear()
-        for s, r in globals_rec["instruments"].items():
-            m.instruments[s] = instrument_from_record(s, r)
-        for a, (price_symbol, haircut) in globals_rec["assets"].items():
-            m.assets[a] = CollateralAsset(a, price_symbol, Decimal(haircut))
-        for s, (price, ts, seq) in globals_rec["marks"].items():
+    if marks_rec is not None:
+        for s, (price, ts, seq) in marks_rec["marks"].items():
             m.marks[s] = Decimal(price)
             engine.mark_meta[s] = (ts, seq)
-        engine.last_ts = globals_rec["last_ts"]
-        for a in globals_rec["asset_order"]:
+        engine.last_ts = marks_rec["last_ts"]
+    if params_rec is not None:
+        # the recovered parameters override the seeded ones, in their recorded order
+        m.instruments.clear()
+        m.assets.clear()
+        idx.__init__(idx.valuation_currency, idx.call_level, idx.recovery_band)
+        for s, r in params_rec["instruments"].items():
+            m.instruments[s] = instrument_from_record(s, r)
+        for a, (price_symbol, haircut) in params_rec["assets"].items():
+            m.assets[a] = CollateralAsset(a, price_symbol, Decimal(haircut))
+        for a in params_rec["asset_order"]:
             price = m.asset_price(a)
             rec = m.assets.get(a)
             idx.add_asset(a, math.nan if price is None else float(price), float(rec.haircut) if rec else 0.0)
-        for s in globals_rec["symbol_order"]:
-            col = idx.add_symbol(m.instruments[s])
-            if s in m.marks:
-                col.mark = float(m.marks[s])
+        for s in params_rec["symbol_order"]:
+            idx.add_symbol(m.instruments[s])
+    for a, rec in m.assets.items():
+        price = m.asset_price(a)
+        if a in idx.asset_col:
+            idx.add_asset(a, math.nan if price is None else float(price), float(rec.haircut))
+    for s, col in idx.symbols.items():
+        if s in m.marks:
+            col.mark = float(m.marks[s])
     for account_id, rec in accounts:
         state = AccountState(AccountBook.from_record(account_id, rec["book"]))
         state.episodes = {k: list(v) for k, v in rec["ep"].items()}

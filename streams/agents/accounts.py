@@ -1,0 +1,137 @@
+"""The margin agent: a thin adapter over the sequenced log.
+
+Per record: decode + apply (:class:`~streams.pipeline.PartitionProcessor`), write
+the changed state records to the changelog-backed tables, send the outputs to the
+same partition number of the output topics (so they join that partition's
+transaction under exactly-once), count everything in the metrics.
+
+The in-memory engine of a partition is rebuilt from the tables the first time the
+partition is processed after an assignment (recovery has completed by then: faust
+resumes streams only after it), and dropped when the partition is revoked.
+"""
+from __future__ import annotations
+
+import logging
+import time
+
+import orjson
+
+from ..margin import records
+from ..margin.events import MarkTick
+from ..pipeline import PartitionProcessor, new_engine, load_seed
+from ..replay import stamp
+from ..topics import SOURCE_HEADER
+
+log = logging.getLogger(__name__)
+SEP = "\x1f"
+
+
+def _prefix(partition: int) -> str:
+    return f"{partition}{SEP}"
+
+
+def build_processor(mapp, partition: int) -> PartitionProcessor:
+    """A partition's processor, its engine rebuilt from the tables."""
+    t0 = time.perf_counter()
+    if mapp.seed is None:
+        mapp.seed = load_seed(mapp.settings.risk_params_file)
+    engine = new_engine(mapp.settings, mapp.seed)
+    prefix = _prefix(partition).encode()
+    params = mapp.accounts.get(prefix + b"params")
+    marks = mapp.accounts.get(prefix + b"marks")
+    accounts = []
+    for key, value in mapp.accounts.items():
+        if key.startswith(prefix) and key not in (prefix + b"params", prefix + b"marks"):
+            accounts.append((key[len(prefix):].decode(), orjson.loads(value)))
+    accounts.sort()
+    seen = [(k[len(prefix):].decode(), v.decode()) for k, v in mapp.seen.items() if k.startswith(prefix)]
+    records.restore(engine, orjson.loads(params) if params else None, orjson.loads(marks) if marks else None,
+                    accounts, seen)
+    log.info("partition %d: rebuilt %d accounts, %d ids in %.3fs", partition, len(accounts), len(seen),
+             time.perf_counter() - t0)
+    return PartitionProcessor(engine, partition)
+
+
+def persist(mapp, partition: int, proc: PartitionProcessor, state: dict) -> None:
+    """Write what the last event changed to the tables (must run inside the stream)."""
+    engine = proc.engine
+    accounts, seen, globals_changed = engine.take_dirty()
+    prefix = _prefix(partition)
+    for account_id in accounts:
+        mapp.accounts[(prefix + account_id).encode()] = orjson.dumps(records.account_record(engine, account_id))
+    for key, fp in seen.items():
+        mapp.seen[(prefix + key).encode()] = fp.encode()
+    if globals_changed:
+        mapp.accounts[(prefix + "marks").encode()] = orjson.dumps(records.marks_record(engine))
+    if engine.params_version != state.get("params_version"):
+        mapp.accounts[(prefix + "params").encode()] = orjson.dumps(records.params_record(engine))
+        state["params_version"] = engine.params_version
+
+
+def attach_margin_agent(mapp) -> None:
+    app = mapp.app
+    metrics = mapp.metrics
+    written: dict[int, dict] = {}
+
+    @app.agent(mapp.sequenced, name="margin")
+    async def margin(stream):
+        async for event in stream.events():
+            msg = event.message
+            p = msg.partition
+            proc = mapp.processors.get(p)
+            if proc is None:
+                proc = mapp.processors[p] = build_processor(mapp, p)
+                written[p] = {"params_version": proc.engine.params_version}
+            headers = dict(msg.headers or ())
+            topic = (headers.get(SOURCE_HEADER) or b"").decode() or "unknown"
+            t0 = time.perf_counter()
+            result = proc.process(topic, msg.key, msg.value, msg.offset)
+            persist(mapp, p, proc, written[p])
+            metrics.observe_batch(1, time.perf_counter() - t0)
+            metrics.observe_input(topic, result.outcome, result.error)
+            if result.event_ts is not None:
+                metrics.set_partition_progress(p, result.event_ts)
+            if isinstance(result.event, MarkTick) and result.outcome == "applied":
+                metrics.set_mark(result.event.symbol, result.event.ts)
+            for out in stamp(result.outputs, proc.clock):
+                await mapp.outputs[out.topic].send(
+                    key=out.key.encode(), value=orjson.dumps(out.value), partition=p,
+                )
+                metrics.observe_output(out.topic, event_ts_ms=out.value.get("ts"))
+                if out.topic == "margin-calls":
+                    metrics.observe_transition(out.value["to"])
+                elif out.topic == "liquidations":
+                    metrics.observe_liquidation(out.value["step"] == 1)
+            mapp.last_offsets[p] = msg.offset
+
+    @app.on_partitions_revoked.connect
+    async def on_revoked(app_, revoked, **kwargs):  # noqa: ANN001
+        for tp in revoked:
+            if tp.topic == mapp.sequenced.get_topic_name():
+                mapp.processors.pop(tp.partition, None)
+                written.pop(tp.partition, None)
+                metrics.forget_partition(tp.partition)
+        metrics.observe_rebalance()
+
+    @app.timer(interval=5.0)
+    async def refresh_gauges():
+        counts = {"healthy": 0, "margin_call": 0, "liquidation": 0}
+        positions = 0
+        accounts = 0
+        for p, proc in list(mapp.processors.items()):
+            for k, v in records.state_counts(proc.engine).items():
+                counts[k] += v
+            accounts += len(proc.engine.accounts)
+            positions += sum(len(s.book.positions) for s in proc.engine.accounts.values())
+            tp = _tp(mapp, p)
+            hw = app.consumer.highwater(tp) if tp is not None else None
+            if hw is not None and p in mapp.last_offsets:
+                metrics.set_lag(mapp.sequenced.get_topic_name(), p, max(0, hw - mapp.last_offsets[p] - 1))
+        metrics.set_account_states(counts)
+        metrics.set_held(accounts, positions)
+
+
+def _tp(mapp, partition: int):
+    from faust.types import TP
+
+    return TP(mapp.sequenced.get_topic_name(), partition)

@@ -1,0 +1,60 @@
+"""HTTP pages on faust's web server.
+
+``GET /accounts/{account_id}``: the account's current margin-status, routed to
+the worker that owns its partition; ``GET /healthz`` (alive), ``GET /readyz``
+(503 while tables recover or a rebalance is in progress), ``GET /metrics``.
+With ``MW_API_TOKEN`` set, account queries need ``Authorization: Bearer <token>``.
+"""
+from __future__ import annotations
+
+import hmac
+
+from .margin.engine import current_status
+from .pipeline import wall_ms
+from .topics import account_partition
+
+
+def attach_pages(mapp) -> None:
+    app = mapp.app
+    token = mapp.settings.api_token
+
+    def authorized(request) -> bool:
+        if not token:
+            return True
+        given = request.headers.get("Authorization", "")
+        return hmac.compare_digest(given.encode(), f"Bearer {token}".encode())
+
+    @app.page("/accounts/{account_id}")
+    @app.table_route(table=mapp.accounts, match_info="account_id")
+    async def account_status(web, request, account_id: str):
+        if not authorized(request):
+            return web.json({"error": "unauthorized"}, status=401)
+        p = account_partition(account_id.encode(), mapp.settings.partitions)
+        proc = mapp.processors.get(p)
+        if proc is None:
+            if p not in {tp.partition for tp in app.consumer.assignment()
+                         if tp.topic == mapp.sequenced.get_topic_name()}:
+                return web.json({"error": "partition not held here", "partition": p}, status=503)
+            from .agents.accounts import build_processor
+
+            proc = mapp.processors[p] = build_processor(mapp, p)
+        out = current_status(proc.engine, account_id, {"topic": "query", "id": account_id, "ts": proc.engine.last_ts})
+        if out is None:
+            return web.json({"error": "unknown account", "account_id": account_id}, status=404)
+        out.value["decided_at"] = wall_ms()
+        return web.json(out.value)
+
+    @app.page("/healthz")
+    async def healthz(web, request):
+        return web.json({"alive": True})
+
+    @app.page("/readyz")
+    async def readyz(web, request):
+        recovering = bool(getattr(app, "in_recovery", False)) or bool(app.rebalancing)
+        body = {"ready": not recovering, "recovering": bool(getattr(app, "in_recovery", False)),
+                "rebalancing": bool(app.rebalancing), "partitions": sorted(mapp.processors)}
+        return web.json(body, status=503 if recovering else 200)
+
+    @app.page("/metrics")
+    async def metrics(web, request):
+        return web.bytes(mapp.metrics.render(), content_type="text/plain; version=0.0.4; charset=utf-8")
