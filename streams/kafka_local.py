@@ -313,15 +313,27 @@ def _port_open(port: int, host: str = HOST, timeout: float = 0.5) -> bool:
 
 
 def _log_tail(n: int = 20) -> str:
-    lines: list[str] = []
-    for path in (stdout_path(), log_path()):
-        try:
-            text = path.read_text(errors="replace").splitlines()
-        except OSError:
-            continue
-        interesting = [ln for ln in text if ("ERROR" in ln or "Exception" in ln or "FATAL" in ln)]
-        lines.extend((interesting or text)[-n:])
-    return "\n".join(lines[-n:])
+    """The JVM's output since the last start, then the last errors (or lines) of server.log."""
+    parts: list[str] = []
+    try:
+        out = stdout_path().read_text(errors="replace")
+        since_start = out.rsplit("\n=== ", 1)[-1].splitlines()[1:]
+        if since_start:
+            parts.append(f"--- {stdout_path().name}:")
+            parts.extend(since_start[-n:])
+    except OSError:
+        pass
+    try:
+        started = stdout_path().stat().st_mtime if parts else 0.0
+        log = log_path()
+        if log.stat().st_mtime >= started - 1:
+            text = log.read_text(errors="replace").splitlines()
+            errors = [ln for ln in text if " ERROR " in ln or " FATAL " in ln]
+            parts.append(f"--- {log.name}:")
+            parts.extend((errors or text)[-n:])
+    except OSError:
+        pass
+    return "\n".join(parts)
 
 
 # ---------------------------------------------------------------------- readiness
