@@ -114,7 +114,9 @@ test-unit: venv
 
 # ------------------------------------------------------------------------- demo
 
-demo: venv
+# A live demo: local broker (started if needed, stopped again if the demo started
+# it), a worker, the simulator with a crash, the liquidation bot; DURATION=s bounds it.
+demo: venv deps kafka-jars
 	$(VENV)/bin/marginwatch demo $(if $(DURATION),--duration $(DURATION))
 
 # ------------------------------------------------------------------------ clean
