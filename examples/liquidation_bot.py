@@ -12,6 +12,10 @@ Rules, from the wire contract (see CONTRACT.md, "liquidations"):
 - Only the latest step of an episode counts: per (account, scope) the bot keeps
   the highest (episode, step) it has seen and ignores anything older or equal, so
   a redelivered or superseded plan is never executed.
+- A plan is executed as a whole: while its fills are on their way, the steps that
+  marginwatch emits after each of them (computed on a half-executed plan) are
+  skipped; the step caused by the plan's last fill, if the scope is still in
+  liquidation, is the next plan (see :class:`InFlight`).
 - Fill ids derive from the liquidation's ``event_id``: ``liq:<event_id>:<symbol>``.
   Even if the bot restarts and re-reads a plan it already executed (offsets are
   committed after the fills are acknowledged, so that can happen), the fills it
@@ -80,7 +84,7 @@ def closing_fills(liq: dict, now_ms: int) -> list[dict]:
 
 
 class Latest:
-    """Per (account, scope), the highest (episode, step) acted upon."""
+    """Per (account, scope), the highest (episode, step) seen."""
 
     def __init__(self) -> None:
         self.seen: dict[tuple[str, str], tuple[int, int]] = {}
@@ -92,6 +96,48 @@ class Latest:
             return False
         self.seen[key] = pos
         return True
+
+
+class InFlight:
+    """The fills of the plan last executed per (account, scope) that marginwatch has not applied yet.
+
+    Executing a plan of several orders changes the scope's positions one fill at a
+    time, and marginwatch emits a new step after each of them: a step computed on a
+    half-executed plan still lists the orders whose fills are on their way, and
+    executing it would close those positions twice. So while fills of the executed
+    plan are in flight, a newer step is skipped, unless its cause is the last of
+    them (it then describes the scope after the whole plan), it starts a new
+    episode, or ``timeout_s`` passed (a fill that was never applied, e.g.
+    dead-lettered, must not block the scope for ever).
+    """
+
+    def __init__(self, timeout_s: float = 60.0) -> None:
+        self.timeout_s = timeout_s
+        self.pending: dict[tuple[str, str], tuple[int, set[str], float]] = {}  # -> (episode, fill ids, since)
+
+    def should_act(self, liq: dict, now: float) -> bool:
+        key = (liq["account_id"], liq["scope"])
+        entry = self.pending.get(key)
+        if entry is None:
+            return True
+        episode, ids, since = entry
+        if int(liq["episode"]) != episode or now - since > self.timeout_s:
+            del self.pending[key]
+            return True
+        cause = liq.get("cause") or {}
+        if cause.get("topic") == "fills":
+            ids.discard(str(cause.get("id")))
+        if ids:
+            return False
+        del self.pending[key]
+        return True
+
+    def executed(self, liq: dict, fills: list[dict], now: float) -> None:
+        key = (liq["account_id"], liq["scope"])
+        if fills:
+            self.pending[key] = (int(liq["episode"]), {f["fill_id"] for f in fills}, now)
+        else:
+            self.pending.pop(key, None)
 
 
 def latest_of_batch(values: list[dict]) -> list[dict]:
@@ -121,6 +167,7 @@ async def run(settings: Settings, dry_run: bool = False, from_beginning: bool = 
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
     latest = Latest()
+    inflight = InFlight()
     plans = fills_sent = ignored = 0
     await producer.start()
     try:
@@ -142,12 +189,18 @@ async def run(settings: Settings, dry_run: bool = False, from_beginning: bool = 
                 values = [v for v in values if isinstance(v, dict) and {"account_id", "scope", "episode", "step",
                                                                          "event_id"} <= v.keys()]
                 futures = []
-                for liq in latest_of_batch(values):
-                    if not latest.newer(liq):
+                last_of_scope = {id(v) for v in latest_of_batch(values)}
+                for liq in values:
+                    # every step tells which of our fills were applied (its cause), even a superseded one
+                    fresh = latest.newer(liq)
+                    ready = inflight.should_act(liq, time.monotonic())
+                    if not (fresh and ready and id(liq) in last_of_scope):
                         ignored += 1
                         continue
                     plans += 1
-                    for fill in closing_fills(liq, int(time.time() * 1000)):
+                    fills = closing_fills(liq, int(time.time() * 1000))
+                    inflight.executed(liq, fills, time.monotonic())
+                    for fill in fills:
                         if dry_run:
                             print(json.dumps(fill), flush=True)
                             continue
@@ -158,7 +211,6 @@ async def run(settings: Settings, dry_run: bool = False, from_beginning: bool = 
                         orders = ", ".join(f"{o['side']} {o['qty']} {o['symbol']}@{o['mark_price']}" for o in liq.get("orders") or ())
                         print(f"liquidation-bot: {liq['account_id']} {liq['scope']} episode {liq['episode']} "
                               f"step {liq['step']}: {orders or 'no orders'}", file=sys.stderr, flush=True)
-                ignored += len(values) - len(latest_of_batch(values))
                 if futures:
                     await asyncio.gather(*futures)
                 await consumer.commit()
@@ -166,9 +218,9 @@ async def run(settings: Settings, dry_run: bool = False, from_beginning: bool = 
             await consumer.stop()
     finally:
         await producer.stop()
-    if not quiet:
-        print(f"liquidation-bot: stopped; {plans} plans executed, {fills_sent} fills sent, {ignored} superseded/ignored",
-              file=sys.stderr, flush=True)
+    # the summary line, also with --quiet (marginwatch demo reads it)
+    print(f"liquidation-bot: stopped; {plans} plans executed, {fills_sent} fills sent, {ignored} superseded/ignored",
+          file=sys.stderr, flush=True)
     return 0
 
 
@@ -176,7 +228,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description="Execute marginwatch liquidations as closing fills at mark.")
     parser.add_argument("--dry-run", action="store_true", help="print the fills instead of producing them")
     parser.add_argument("--latest", action="store_true", help="start at the end of the topic (new group only)")
-    parser.add_argument("--quiet", action="store_true", help="no per-plan log lines")
+    parser.add_argument("--quiet", action="store_true", help="no per-plan log lines (only the final summary)")
     args = parser.parse_args(argv)
     try:
         settings = Settings.from_env()

@@ -335,12 +335,12 @@ def add_operator_commands(sub) -> None:
     p = sub.add_parser("demo", help="run Kafka, a worker, the simulator and the liquidation bot, with a live view")
     p.add_argument("--duration", type=_positive_float, default=0.0, metavar="S",
                    help="seconds of simulation, then stop and print a summary (default: until Ctrl-C)")
-    p.add_argument("--accounts", type=_positive_int, default=200, help="simulated accounts (200)")
-    p.add_argument("--rate", type=_positive_float, default=250.0, help="simulated events per second (250)")
+    p.add_argument("--accounts", type=_positive_int, default=150, help="simulated accounts (150)")
+    p.add_argument("--rate", type=_positive_float, default=40.0, help="simulated events per second (40)")
     p.add_argument("--seed", type=int, default=7, help="simulator seed (7)")
     p.add_argument("--crash-every", type=_positive_float, default=60.0, metavar="S",
                    help="without --duration: a crash every S seconds (60)")
-    p.add_argument("--partitions", type=_positive_int, default=4, help="partitions of the demo's topics (4)")
+    p.add_argument("--partitions", type=_positive_int, default=1, help="partitions of the demo's topics (1)")
     p.add_argument("--keep-kafka", action="store_true", help="leave the broker running if the demo started it")
     p.add_argument("--keep-topics", action="store_true", help="keep the demo's topics (default: deleted at the end)")
     p.set_defaults(func=cmd_demo)

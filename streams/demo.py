@@ -51,13 +51,13 @@ STOP_GRACE_S = 20.0
 @dataclass
 class DemoOptions:
     duration: float | None = None  # seconds of simulation; None = until stopped
-    accounts: int = 200
-    rate: float = 250.0
+    accounts: int = 150
+    rate: float = 40.0
     seed: int = 7
     crash_at: float = 1 / 3
     crash_depth: float = 0.18
     crash_every: float = 60.0
-    partitions: int = 4
+    partitions: int = 1
     keep_kafka: bool = False
     keep_topics: bool = False
     live: bool | None = None  # rich live view; None = when stdout is a terminal
@@ -136,14 +136,17 @@ class Snapshot:
     liquidations: float
     episodes: float
     latency_buckets: dict[float, float]
+    lag: float = 0.0
 
     @classmethod
     def parse(cls, text: str, at: float) -> "Snapshot":
         accounts = {s: 0.0 for s in STATES}
         by_outcome: Counter = Counter()
         buckets: Counter = Counter()
-        calls = liqs = episodes = 0.0
+        calls = liqs = episodes = lag = 0.0
         for name, labels, value in parse_metrics(text):
+            if name == "marginwatch_consumer_lag_messages":
+                lag += value
             if name == "marginwatch_accounts" and labels.get("state") in accounts:
                 accounts[labels["state"]] += value
             elif name == "marginwatch_input_messages_total":
@@ -156,7 +159,7 @@ class Snapshot:
                 episodes += value
             elif name == "marginwatch_decision_latency_seconds_bucket" and labels.get("output") in DECISION_OUTPUTS:
                 buckets[float(labels["le"])] += value
-        return cls(at, accounts, sum(by_outcome.values()), dict(by_outcome), calls, liqs, episodes, dict(buckets))
+        return cls(at, accounts, sum(by_outcome.values()), dict(by_outcome), calls, liqs, episodes, dict(buckets), lag)
 
     def latency(self, q: float) -> float | None:
         return histogram_quantile(q, self.latency_buckets)
@@ -329,7 +332,8 @@ def _ratio(r: object) -> str:
         return "∞"
 
 
-def summary_text(view: View, opts: DemoOptions, produced: int | None, live_s: float) -> str:
+def summary_text(view: View, opts: DemoOptions, produced: int | None, live_s: float,
+                 bot_fills: int | None = None) -> str:
     snap = view.snap
     lines = [f"marginwatch demo: summary ({live_s:.0f} s of simulation, topic prefix {view.tag}.)"]
     if snap is not None:
@@ -341,8 +345,13 @@ def summary_text(view: View, opts: DemoOptions, produced: int | None, live_s: fl
     lines.append(f"liquidations: {view.liqs_total} ({len(view.episodes)} episodes)")
     if snap is not None:
         outcomes = ", ".join(f"{k} {v:,.0f}" for k, v in sorted(snap.inputs_by_outcome.items()))
+        sources = []
+        if produced is not None:
+            sources.append(f"{produced:,} events from the simulator")
+        if bot_fills is not None:
+            sources.append(f"{bot_fills:,} closing fills from the bot")
         lines.append(f"inputs processed: {snap.inputs:,.0f} ({outcomes})"
-                     + (f" of {produced:,} produced by the simulator" if produced is not None else ""))
+                     + (f"; produced: {', '.join(sources)}" if sources else ""))
         lines.append(f"decision latency: p50 {_ms(snap.latency(0.5))}, p99 {_ms(snap.latency(0.99))}")
     return "\n".join(lines)
 
@@ -350,54 +359,79 @@ def summary_text(view: View, opts: DemoOptions, produced: int | None, live_s: fl
 # -------------------------------------------------------------------- topics
 
 
-async def _consume_outputs(bootstrap: str, prefix: str, view: View, stop: asyncio.Event) -> None:
-    from aiokafka import AIOKafkaConsumer
+class OutputReader:
+    """Reads margin-calls and liquidations of the demo (read_committed) into the view."""
 
-    consumer = AIOKafkaConsumer(
-        f"{prefix}margin-calls", f"{prefix}liquidations", bootstrap_servers=bootstrap,
-        enable_auto_commit=False, auto_offset_reset="earliest", isolation_level="read_committed",
-        group_id=None,
-    )
-    await consumer.start()
-    try:
-        while not stop.is_set():
-            batch = await consumer.getmany(timeout_ms=200, max_records=2000)
-            for tp, recs in batch.items():
-                for rec in recs:
-                    try:
-                        v = orjson.loads(rec.value)
-                    except orjson.JSONDecodeError:
-                        continue
-                    if tp.topic.endswith("margin-calls"):
-                        view.calls_total += 1
-                        view.calls_to[v.get("to")] += 1
-                        view.calls.append(v)
-                    else:
-                        view.liqs_total += 1
-                        view.episodes.add((v.get("account_id"), v.get("scope"), v.get("episode")))
-                        view.liqs.append(v)
-    finally:
-        await consumer.stop()
+    def __init__(self, bootstrap: str, prefix: str, view: View) -> None:
+        self.bootstrap, self.view = bootstrap, view
+        self.topics = (f"{prefix}margin-calls", f"{prefix}liquidations")
+        self.consumer = None
+        self.tps: list = []
 
+    async def run(self, stop: asyncio.Event) -> None:
+        from aiokafka import AIOKafkaConsumer, TopicPartition
 
-async def _caught_up(bootstrap: str, prefix: str, view: View, timeout: float = 5.0) -> None:
-    """Wait until the output consumer has read up to the current end of its topics."""
-    from aiokafka import AIOKafkaConsumer, TopicPartition
+        self.consumer = AIOKafkaConsumer(bootstrap_servers=self.bootstrap, enable_auto_commit=False,
+                                         auto_offset_reset="earliest", isolation_level="read_committed")
+        await self.consumer.start()
+        try:
+            while not self.tps and not stop.is_set():
+                await self.consumer._client.force_metadata_update()
+                parts = {t: self.consumer.partitions_for_topic(t) for t in self.topics}
+                if all(parts.values()):
+                    self.tps = [TopicPartition(t, p) for t in self.topics for p in sorted(parts[t])]
+                else:
+                    await asyncio.sleep(0.5)
+            if not self.tps:
+                return
+            self.consumer.assign(self.tps)
+            await self.consumer.seek_to_beginning(*self.tps)
+            while not stop.is_set():
+                batch = await self.consumer.getmany(timeout_ms=200, max_records=2000)
+                for tp, recs in batch.items():
+                    for rec in recs:
+                        self._take(tp.topic, rec.value)
+        finally:
+            await self.consumer.stop()
 
-    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, isolation_level="read_committed")
-    await consumer.start()
-    try:
-        tps = [TopicPartition(f"{prefix}{t}", p) for t in ("margin-calls", "liquidations")
-               for p in (consumer.partitions_for_topic(f"{prefix}{t}") or ())]
-        if not tps:
+    def _take(self, topic: str, raw: bytes) -> None:
+        try:
+            v = orjson.loads(raw)
+        except orjson.JSONDecodeError:
             return
-        end = await consumer.end_offsets(tps)
-        total = sum(end.values())
-    finally:
-        await consumer.stop()
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline and view.calls_total + view.liqs_total < total:
-        await asyncio.sleep(0.2)
+        if not isinstance(v, dict):
+            return
+        if topic.endswith("margin-calls"):
+            self.view.calls_total += 1
+            self.view.calls_to[str(v.get("to"))] += 1
+            self.view.calls.append(v)
+        else:
+            self.view.liqs_total += 1
+            self.view.episodes.add((v.get("account_id"), v.get("scope"), v.get("episode")))
+            self.view.liqs.append(v)
+
+    async def caught_up(self, timeout: float = 10.0) -> bool:
+        """Wait until everything committed to the output topics so far has been read."""
+        if self.consumer is None or not self.tps:
+            return False
+        try:
+            end = await self.consumer.end_offsets(self.tps)
+        except Exception:  # noqa: BLE001 - the summary then counts what was read
+            return False
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            try:
+                done = True
+                for tp in self.tps:
+                    if await self.consumer.position(tp) < end[tp]:
+                        done = False
+                        break
+                if done:
+                    return True
+            except Exception:  # noqa: BLE001
+                return False
+            await asyncio.sleep(0.2)
+        return False
 
 
 async def _delete_topics(bootstrap: str, tag: str) -> int:
@@ -449,6 +483,7 @@ class Demo:
         bootstrap = kafka_local.bootstrap_servers(port)
         live_s = 0.0
         produced = None
+        sim = bot = None
         try:
             if not was_up:
                 self.say(f"starting the local Kafka broker on {bootstrap} ...")
@@ -497,7 +532,9 @@ class Demo:
             self.view.sim_started = time.monotonic()
             self.view.phase = "simulating"
             self.say(f"liquidation bot pid {bot.pid}, simulator pid {sim.pid}")
-            consumer = asyncio.create_task(_consume_outputs(bootstrap, prefix, self.view, self.stop))
+            reader = OutputReader(bootstrap, prefix, self.view)
+            reader_stop = asyncio.Event()
+            consumer = asyncio.create_task(reader.run(reader_stop))
             try:
                 await self._watch(worker, bot, sim, metrics_url)
                 live_s = time.monotonic() - self.view.sim_started
@@ -505,17 +542,23 @@ class Demo:
                     self.view.phase = "draining"
                     produced = _produced(sim)
                     await self._drain(worker, metrics_url)
-                    await _caught_up(bootstrap, prefix, self.view)
+                    await reader.caught_up()
                 text = await asyncio.to_thread(scrape, metrics_url)
                 if text:
                     self._update(text)
             finally:
-                self.stop.set()
+                reader_stop.set()
                 try:
                     await asyncio.wait_for(consumer, 10)
                 except (asyncio.TimeoutError, Exception):  # noqa: BLE001 - the summary still comes
                     consumer.cancel()
             return 1 if self.failed else 0
+        except MarginwatchError as err:
+            self.failed = self.failed or err.detail
+            raise
+        except Exception as exc:  # noqa: BLE001 - one line, not a traceback
+            self.failed = f"{type(exc).__name__}: {exc}"
+            raise MarginwatchError("demo_failed", f"the demo failed: {type(exc).__name__}: {exc}") from None
         finally:
             self.stop.set()
             await asyncio.to_thread(self._stop_children)
@@ -531,12 +574,17 @@ class Demo:
             if started_kafka and not self.opts.keep_kafka:
                 self.say("stopping the Kafka broker the demo started")
                 await asyncio.to_thread(kafka_local.stop)
+            summary = None
+            if self.view.sim_started is not None:
+                if produced is None and sim is not None:
+                    produced = _produced(sim)
+                summary = summary_text(self.view, self.opts, produced, live_s, _bot_fills(bot))
             if self.failed:
                 self.say(f"logs kept in {self.run_dir}")
             elif self.run_dir.exists():
                 shutil.rmtree(self.run_dir, ignore_errors=True)
-            if self.view.sim_started is not None:
-                print(summary_text(self.view, self.opts, produced, live_s), file=self.out, flush=True)
+            if summary is not None:
+                print(summary, file=self.out, flush=True)
             for sig in (signal.SIGINT, signal.SIGTERM):
                 loop.remove_signal_handler(sig)
 
@@ -615,23 +663,31 @@ class Demo:
                 live.update(render(self.view, self.opts))
                 live.stop()
 
-    async def _drain(self, worker: Child, metrics_url: str, timeout: float = 20.0) -> None:
-        """After the simulator ended: wait until the worker stops taking inputs (bot fills included)."""
+    async def _drain(self, worker: Child, metrics_url: str, timeout: float = 60.0) -> bool:
+        """After the simulator ended: wait until the worker has handled its backlog (bot fills included).
+
+        Done when the input counter stood still for 3 s with no consumer lag (the lag
+        gauge is refreshed every 5 s, so a still counter for 8 s also counts).
+        """
         deadline = time.monotonic() + timeout
-        last, still = None, 0
+        last, since = None, time.monotonic()
         while time.monotonic() < deadline and not self.stop.is_set() and worker.running():
             text = await asyncio.to_thread(scrape, metrics_url)
             if text:
                 self._update(text)
-                n = self.view.snap.inputs
-                still = still + 1 if n == last else 0
-                last = n
-                if still >= 3:
-                    return
+                snap = self.view.snap
+                if snap.inputs != last:
+                    last, since = snap.inputs, time.monotonic()
+                still = time.monotonic() - since
+                if (still >= 3 and snap.lag == 0) or still >= 8:
+                    return True
             try:
-                await asyncio.wait_for(self.stop.wait(), 0.7)
+                await asyncio.wait_for(self.stop.wait(), 0.5)
             except asyncio.TimeoutError:
                 pass
+        if not self.stop.is_set():
+            self.say(f"the worker had not caught up after {timeout:.0f}s; stopping anyway")
+        return False
 
     def _stop_children(self) -> None:
         # simulator first (no new inputs), then the bot, then the worker
@@ -649,6 +705,22 @@ def _produced(sim: Child) -> int | None:
                 return int(line.split()[2].replace(",", ""))
             except (IndexError, ValueError):
                 return None
+    return None
+
+
+def _bot_fills(bot: Child | None) -> int | None:
+    """How many fills the bot says it sent (its last line, written when it stops)."""
+    if bot is None:
+        return None
+    for line in reversed(bot.tail(20).splitlines()):
+        if line.startswith("liquidation-bot: stopped;"):
+            for part in line.split(","):
+                words = part.split()
+                if len(words) >= 2 and words[1] == "fills":
+                    try:
+                        return int(words[0])
+                    except ValueError:
+                        return None
     return None
 
 

@@ -371,11 +371,19 @@ async def produce_run(settings, opts: RunOptions, out=sys.stderr) -> RunResult:
         for phase, envs in iter_run(opts, elapsed):
             if stop.is_set() or (opts.duration and elapsed() >= opts.duration):
                 break
-            for env in envs:
+            for i, env in enumerate(envs):
                 key, value = _encode(env)
-                pending.append(await producer.send(settings.topic(env["topic"]), value, key=key))
+                fut = await producer.send(settings.topic(env["topic"]), value, key=key)
                 produced += 1
                 counts[env["topic"]] += 1
+                if phase != "setup" and i + 1 < len(envs) and envs[i + 1]["topic"] != env["topic"]:
+                    # an isolated-margin transfer, then the fill that needs it: topics are not
+                    # ordered with each other, so let the transfer land (and be sequenced) first
+                    await fut
+                    if opts.rate > 0:
+                        await asyncio.sleep(0.02)
+                else:
+                    pending.append(fut)
             if phase == "crash" and last_phase != "crash":
                 crashes += 1
             last_phase = phase

@@ -278,3 +278,28 @@ def test_liquidation_bot_acts_on_the_latest_step_only():
     assert latest.newer(dict(liq, scope="cross"))  # another scope
     batch = [dict(liq, step=1), dict(liq, step=3), dict(liq, step=2), dict(liq, account_id="A2")]
     assert [(v["account_id"], v["step"]) for v in bot.latest_of_batch(batch)] == [("A1", 3), ("A2", 1)]
+
+
+def test_liquidation_bot_waits_for_its_own_fills():
+    bot = _bot()
+    inflight = bot.InFlight(timeout_s=5)
+    plan = {"event_id": "liquidations:A1:cross:mark-prices:X:1", "account_id": "A1", "scope": "cross",
+            "episode": 1, "step": 1, "cause": {"topic": "mark-prices", "id": "X:1"},
+            "orders": [{"symbol": "BTCUSDT", "side": "sell", "qty": "1", "mark_price": "1"},
+                       {"symbol": "ETHUSDT", "side": "sell", "qty": "2", "mark_price": "1"}]}
+    assert inflight.should_act(plan, 0.0)
+    fills = bot.closing_fills(plan, 0)
+    inflight.executed(plan, fills, 0.0)
+    # the step after the first fill describes a half-executed plan: skipped
+    half = dict(plan, step=2, cause={"topic": "fills", "id": fills[0]["fill_id"]})
+    assert not inflight.should_act(half, 1.0)
+    # a mark tick while a fill is still in flight: skipped too
+    assert not inflight.should_act(dict(plan, step=3, cause={"topic": "mark-prices", "id": "X:2"}), 1.5)
+    # the step caused by the plan's last fill is the next plan
+    assert inflight.should_act(dict(plan, step=4, cause={"topic": "fills", "id": fills[1]["fill_id"]}), 2.0)
+    # a fill that never lands does not block the scope for ever, nor a new episode
+    inflight.executed(plan, fills, 10.0)
+    assert not inflight.should_act(dict(plan, step=5), 11.0)
+    assert inflight.should_act(dict(plan, step=6), 16.0)
+    inflight.executed(plan, fills, 20.0)
+    assert inflight.should_act(dict(plan, episode=2, step=1), 20.5)
