@@ -126,6 +126,7 @@ _NONFINITE_RE = re.compile(_NONFINITE_PATTERN.replace("$", r"\Z"))
 
 # A key occurrence: closing quote, optional JSON whitespace, colon.
 _KEY_COLON = re.compile(rb'"[ \t\n\r]*:')
+_QUOTE_SPACE = re.compile(rb'"[ \t\n\r]')
 _SURROGATE_ESCAPE = re.compile(r"\\u[dD][89a-fA-F]")
 _SURROGATE = re.compile("[\ud800-\udfff]")
 # Bytes that may precede / follow a JSON number token.
@@ -155,20 +156,18 @@ _SUBSCHEMA_LIST_KEYWORDS = frozenset({"allOf", "anyOf", "oneOf", "items"})
 _SUBSCHEMA_MAP_KEYWORDS = frozenset({"properties", "patternProperties", "dependencies"})
 
 
-def _map_schema(node: Any, fn: Callable[[dict], Any], *, drop: frozenset = frozenset()) -> Any:
+def _map_schema(node: Any, fn: Callable[[dict], Any]) -> Any:
     """Apply ``fn`` bottom-up to every (sub)schema of ``node``; other values are copied."""
     if not isinstance(node, dict):
         return copy.deepcopy(node)
     out: dict[str, Any] = {}
     for k, v in node.items():
-        if k in drop:
-            continue
         if k in _SUBSCHEMA_LIST_KEYWORDS and isinstance(v, list):
-            out[k] = [_map_schema(s, fn, drop=drop) for s in v]
+            out[k] = [_map_schema(s, fn) for s in v]
         elif k in _SUBSCHEMA_KEYWORDS:
-            out[k] = _map_schema(v, fn, drop=drop)
+            out[k] = _map_schema(v, fn)
         elif k in _SUBSCHEMA_MAP_KEYWORDS and isinstance(v, dict):
-            out[k] = {name: _map_schema(s, fn, drop=drop) if isinstance(s, dict) else copy.deepcopy(s) for name, s in v.items()}
+            out[k] = {name: _map_schema(s, fn) for name, s in v.items()}
         else:
             out[k] = copy.deepcopy(v)
     return fn(out)
@@ -473,7 +472,7 @@ def _parse(raw: bytes, max_depth: int = MAX_DEPTH) -> tuple[dict, bool, str | No
         t = type(v)
         if t is dict or t is list:
             n += _count_keys(v, 2, max_depth)
-    if b'" ' in raw or b'"\t' in raw or b'"\n' in raw or b'"\r' in raw:
+    if _QUOTE_SPACE.search(raw) is not None:
         unique = len(_KEY_COLON.findall(raw)) == n
     else:
         unique = raw.count(b'":') == n
@@ -594,7 +593,7 @@ def _number_problem(d: Decimal) -> str | None:
 class _Decoding:
     """One message being decoded: its parts, and the helpers that reject it."""
 
-    __slots__ = ("spec", "raw", "key", "key_text", "tree", "fast", "bare", "nonfinite")
+    __slots__ = ("spec", "raw", "key", "key_text", "tree", "bare", "nonfinite")
 
     def __init__(self, spec: "_Spec", raw: bytes, key: bytes | None) -> None:
         self.spec = spec
@@ -602,7 +601,6 @@ class _Decoding:
         self.key = key
         self.key_text = decode_key(key)
         self.tree: dict = {}
-        self.fast = True
         self.bare: str | None = None
         self.nonfinite: tuple[str, Any] | None = None
 
@@ -991,7 +989,7 @@ def decode(topic: str, key: bytes | None, value: bytes) -> ev.Event:
     raw = _as_bytes(value)
     d = _Decoding(spec, raw, key)
     try:
-        d.tree, d.fast, d.bare = _parse(raw)
+        d.tree, _, d.bare = _parse(raw)
     except _BadJSON as e:
         raise InputRejected(INVALID_JSON, e.detail, e.field, cause_id=spec.invalid_cause(d)) from None
     try:
@@ -1000,7 +998,7 @@ def decode(topic: str, key: bytes | None, value: bytes) -> ev.Event:
         pass
     # A float must be read from its exact text: the standard parser keeps it.
     try:
-        d.tree, d.fast, d.bare = _parse_slow(raw)
+        d.tree, _, d.bare = _parse_slow(raw)
     except _BadJSON as e:  # pragma: no cover - orjson accepted it and no key repeats
         raise InputRejected(INVALID_JSON, e.detail, e.field, cause_id=spec.invalid_cause(d)) from None
     d.nonfinite = None
