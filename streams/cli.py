@@ -254,7 +254,8 @@ def _print_status(st: dict) -> None:
     if positions:
         table = Table(show_edge=False)
         for col in ("symbol", "mode", "qty", "entry", "mark", "notional", "uPnL", "MM", "liq. price", "state"):
-            table.add_column(col, justify="left" if col in ("symbol", "mode", "state") else "right")
+            table.add_column(col, justify="left" if col in ("symbol", "mode", "state") else "right",
+                             no_wrap=col == "symbol", min_width=8 if col == "symbol" else None)
         for p in positions:
             table.add_row(str(p.get("symbol")), str(p.get("margin_mode")), str(p.get("qty")), str(p.get("entry_price")),
                           str(p.get("mark_price")), str(p.get("notional")), str(p.get("unrealized_pnl")),
@@ -265,7 +266,12 @@ def _print_status(st: dict) -> None:
         console.print("  no open positions")
     ts, decided = st.get("ts"), st.get("decided_at")
     if isinstance(ts, int) and isinstance(decided, int):
-        console.print(f"[dim]  as of event time {ts}, read at {decided}[/]")
+        import time as _time
+
+        def iso(ms: int) -> str:
+            return _time.strftime("%Y-%m-%d %H:%M:%S", _time.gmtime(ms / 1000)) + f".{ms % 1000:03d}Z"
+
+        console.print(f"[dim]  as of event time {iso(ts)}, read at {iso(decided)}[/]")
 
 
 def cmd_dead_letters(args: argparse.Namespace) -> int:

@@ -295,7 +295,8 @@ def iter_run(opts: RunOptions, elapsed: Callable[[], float] | None = None) -> It
     cfg = sim_config(opts)
     run_id = opts.run_id if opts.run_id is not None else (default_run_id() if opts.clock == "wall" else "")
     sim = LiveSimulator(cfg, clock=opts.clock, run_id=run_id)
-    yield "setup", list(sim.setup())
+    for env in sim.setup():
+        yield "setup", [env]
     while True:
         if opts.events and sim.n >= opts.events:
             return
@@ -371,6 +372,10 @@ async def produce_run(settings, opts: RunOptions, out=sys.stderr) -> RunResult:
         for phase, envs in iter_run(opts, elapsed):
             if stop.is_set() or (opts.duration and elapsed() >= opts.duration):
                 break
+            if last_phase == "setup" and phase != "setup" and pending:
+                # deposits before the first fill: the set-up phase is acknowledged first
+                await asyncio.gather(*pending)
+                pending.clear()
             for i, env in enumerate(envs):
                 key, value = _encode(env)
                 fut = await producer.send(settings.topic(env["topic"]), value, key=key)
@@ -387,11 +392,6 @@ async def produce_run(settings, opts: RunOptions, out=sys.stderr) -> RunResult:
             if phase == "crash" and last_phase != "crash":
                 crashes += 1
             last_phase = phase
-            if phase == "setup":
-                # deposits before the first fill: flush the set-up phase
-                await asyncio.gather(*pending)
-                pending.clear()
-                continue
             if len(pending) >= 5000:
                 await asyncio.gather(*pending)
                 pending.clear()
@@ -417,6 +417,9 @@ async def produce_run(settings, opts: RunOptions, out=sys.stderr) -> RunResult:
         await producer.flush()
     finally:
         if progress is not None:
+            now = elapsed()
+            progress.update(task, completed=produced if opts.events else min(now, opts.duration or now),
+                            n=produced, rate=produced / max(now, 1e-9))
             progress.stop()
         for sig in (signal.SIGINT, signal.SIGTERM):
             try:
