@@ -65,13 +65,15 @@ def create_app(settings: Settings) -> MarginApp:
         broker_commit_interval=settings.commit_interval_s,
         consumer_auto_offset_reset="earliest",
         producer_acks=-1,
+        # batch the many small changelog/output records instead of one request each
+        producer_linger=0.02,
+        producer_max_batch_size=512 * 1024,
         web_bind=settings.web_host,
         web_port=settings.web_port,
         web_host=canonical,
         canonical_url=f"http://{canonical}:{settings.web_port}",
         datadir=settings.data_dir,
         table_standby_replicas=1,
-        web_transport="aiohttp://",
         logging_config=None,
     )
     _route_outputs_with_their_input(app, settings)
@@ -84,10 +86,9 @@ def create_app(settings: Settings) -> MarginApp:
         name: app.topic(settings.topic(name), key_serializer="raw", value_serializer="raw", partitions=settings.partitions)
         for name in OUTPUT_TOPICS
     }
-    accounts = app.Table("accounts", key_type=bytes, value_type=bytes, key_serializer="raw",
-                         value_serializer="raw", partitions=settings.partitions)
-    seen = app.Table("seen-ids", key_type=bytes, value_type=bytes, key_serializer="raw",
-                     value_serializer="raw", partitions=settings.partitions)
+    # bytes keys and values: faust uses the raw codec; records are orjson
+    accounts = app.Table("accounts", key_type=bytes, value_type=bytes, partitions=settings.partitions)
+    seen = app.Table("seen-ids", key_type=bytes, value_type=bytes, partitions=settings.partitions)
     mapp = MarginApp(settings, app, metrics, Sequencer(settings, metrics), sequenced, outputs, accounts, seen)
     from .agents.accounts import attach_margin_agent
     from .web import attach_pages

@@ -57,4 +57,4 @@ def attach_pages(mapp) -> None:
 
     @app.page("/metrics")
     async def metrics(web, request):
-        return web.bytes(mapp.metrics.render(), content_type="text/plain; version=0.0.4; charset=utf-8")
+        return web.bytes(mapp.metrics.render(), content_type="text/plain; version=0.0.4")

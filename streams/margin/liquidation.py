@@ -325,7 +325,7 @@ def _bisect(pos: float, neg: float, f, k, w) -> float:
         lo, hi = (pos, neg) if pos < neg else (neg, pos)
         # Geometric midpoints while the bracket spans more than a factor 4, so that
         # brackets reaching towards 0 or across decades shrink in ~60 steps.
-        mid = math.sqrt(lo * hi) if lo > 0 and hi > 4.0 * lo else lo + 0.5 * (hi - lo)
+        mid = math.sqrt(lo) * math.sqrt(hi) if lo > 0 and hi > 4.0 * lo else lo + 0.5 * (hi - lo)
         if mid <= lo or mid >= hi:
             break
         if f(mid, k, w) > 0:
@@ -471,9 +471,8 @@ def _smallest_close(p: PlanPosition, others: Decimal, target: Decimal) -> Decima
     top = p.tiers.index(_notional(p, A))
     for k in range(top, -1, -1):
         t = tiers[k]
-        lo_r = tiers[k - 1].max_notional / unit if k > 0 else Decimal(0)
         hi_r = t.max_notional / unit if t.max_notional is not None else None
-        # Valid remaining sizes in tier k: lo_r ≤ r < up_r (MM is linear, slope ≥ 0).
+        # Enough remaining sizes in tier k: r < up_r (MM is linear in r, slope ≥ 0).
         if t.mmr > 0:
             up_r = (budget + t.maintenance_amount) / (unit * t.mmr)
             if hi_r is not None and hi_r < up_r:
@@ -486,19 +485,11 @@ def _smallest_close(p: PlanPosition, others: Decimal, target: Decimal) -> Decima
             j = Decimal(0)
         else:
             j = ((A - up_r) / step).to_integral_value(rounding=ROUND_FLOOR) + 1
-        if j > j_max or remaining(j) < lo_r or remaining(j) <= 0:
-            # No grid point of this tier is enough — unless rounding hid one at its top.
-            if j > 0 and j - 1 <= j_max and ok(j - 1):
-                j -= 1
-            else:
-                continue
-        # Verify exactly, then fix the ±1 step that division rounding can cause.
-        while j > 0 and ok(j - 1):
-            j -= 1
-        tries = 0
-        while not ok(j) and tries < 3 and j < j_max:
-            j += 1
-            tries += 1
-        if ok(j):
-            return j * step
+        # j is exact but for the rounding of two divisions, i.e. within one step of the
+        # true answer for this tier. Verify with the exact MM on a small window around
+        # it: the smallest j there whose remainder is in tier k and enough. (Within a
+        # tier MM is monotone, so below the true answer nothing in the tier is enough.)
+        for jj in (j - 2, j - 1, j, j + 1, j + 2):
+            if 0 <= jj <= j_max and ok(jj) and p.tiers.index(_notional(p, remaining(jj))) == k:
+                return jj * step
     return A

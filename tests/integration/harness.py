@@ -162,7 +162,10 @@ async def read_topic(bootstrap: str, topic: str, committed: bool = True, idle_s:
             for tp, recs in batch.items():
                 out[tp.partition].extend(recs)
                 last = time.time()
-            done = all((await consumer.position(tp)) >= end[tp] for tp in tps)
+            done = True
+            for tp in tps:
+                if await consumer.position(tp) < end[tp]:
+                    done = False
             if done or time.time() - last > idle_s:
                 break
         return out
@@ -260,3 +263,32 @@ def wait_up(worker: WorkerProcess, timeout: float = 60) -> None:
             raise AssertionError(f"worker exited with {worker.proc.returncode}:\n{worker.tail()}")
         time.sleep(0.5)
     raise AssertionError(f"worker not up after {timeout}s:\n{worker.tail()}")
+
+
+async def topic_size(bootstrap: str, topic: str) -> int:
+    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap)
+    await consumer.start()
+    try:
+        await consumer._client.force_metadata_update()
+        tps = [TopicPartition(topic, p) for p in (consumer.partitions_for_topic(topic) or ())]
+        end = await consumer.end_offsets(tps) if tps else {}
+        return sum(end.values())
+    finally:
+        await consumer.stop()
+
+
+def wait_processed(bootstrap: str, group: str, topic: str, sequenced_total: int, timeout: float, workers=()) -> None:
+    """Wait until the sequenced log holds ``sequenced_total`` records and all are committed."""
+    deadline = time.time() + timeout
+    size = 0
+    while time.time() < deadline:
+        size = asyncio.run(topic_size(bootstrap, topic))
+        if size >= sequenced_total:
+            break
+        for w in workers:
+            if w.proc and w.proc.poll() is not None:
+                raise AssertionError(f"worker exited with {w.proc.returncode}:\n{w.tail()}")
+        time.sleep(0.5)
+    else:
+        raise AssertionError(f"sequenced log has {size} of {sequenced_total} records after {timeout}s")
+    wait_committed(bootstrap, group, topic, max(10.0, deadline - time.time()), workers)

@@ -27,7 +27,9 @@ from .harness import (
     replay_partition,
     sequenced_as_replay_lines,
     settings_for,
+    expected_sequenced,
     wait_committed,
+    wait_processed,
     wait_up,
     worker_env,
     worker_outputs,
@@ -73,7 +75,8 @@ def test_generated_log_equals_replay_of_sequenced_log(kafka_bootstrap, unique_pr
         wait_up(worker)
         t0 = time.time()
         asyncio.run(produce(kafka_bootstrap, unique_prefix, envelopes))
-        wait_committed(kafka_bootstrap, env["MW_APP_ID"], sequenced_topic(settings_for(env)), 400, [worker])
+        wait_processed(kafka_bootstrap, env["MW_APP_ID"], sequenced_topic(settings_for(env)),
+                       expected_sequenced(envelopes, PARTITIONS), 400, [worker])
         elapsed = time.time() - t0
     finally:
         worker.stop()
@@ -97,9 +100,11 @@ def test_phased_input_equals_replay_of_original_file(kafka_bootstrap, unique_pre
     try:
         wait_up(worker)
         topic = sequenced_topic(settings_for(env))
+        total = 0
         for phase in phases:
             asyncio.run(produce(kafka_bootstrap, unique_prefix, phase))
-            wait_committed(kafka_bootstrap, env["MW_APP_ID"], topic, 300, [worker])
+            total += expected_sequenced(phase, PARTITIONS)
+            wait_processed(kafka_bootstrap, env["MW_APP_ID"], topic, total, 300, [worker])
     finally:
         worker.stop()
     outputs = asyncio.run(worker_outputs(kafka_bootstrap, unique_prefix))
@@ -135,7 +140,8 @@ def test_killed_worker_partitions_taken_over_outputs_equal_replay(kafka_bootstra
             time.sleep(0.2)
         a.kill()  # SIGKILL mid-stream
         asyncio.run(produce(kafka_bootstrap, unique_prefix, envelopes[half:]))
-        wait_committed(kafka_bootstrap, env["MW_APP_ID"], sequenced_topic(settings_for(env)), 600, [b])
+        wait_processed(kafka_bootstrap, env["MW_APP_ID"], sequenced_topic(settings_for(env)),
+                       expected_sequenced(envelopes, PARTITIONS), 600, [b])
     finally:
         a.kill()
         b.stop()
