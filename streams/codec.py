@@ -35,11 +35,19 @@ no key can be repeated; otherwise (or when orjson fails, e.g. on a bare ``NaN``,
 JSON number has to be read exactly) the message is parsed again with the standard
 library, which reports duplicates, non-finite constants and exact number texts.
 
-JSON numbers in decimal fields: an integer is taken exactly; a float is taken as the
-decimal of its text, which must have at most 15 significant digits (so it is exact as a
-double) and at most 18 digits after the point; the event gets ``Decimal(repr(float))``,
-numerically equal to that text. Decimal strings are taken exactly as written; ``"-0"``
-(and ``-0.0``) is accepted as zero and normalised to ``0``.
+JSON numbers in decimal fields: an integer is taken exactly; a float is judged by its
+text, which must have at most 15 significant digits (so it is exact as a double) and at
+most 18 digits after the point, and the event gets ``Decimal(repr(float))``, numerically
+equal to that text. On the fast path the text is not at hand: when ``repr(float)`` itself
+stands in the raw bytes as a number token (the usual case: ``58000.1``) it is the text;
+otherwise (``1.5e3``, ``3000.50``, ``0.10000000000000001``, integers beyond 64 bits) the
+message is read again by the standard parser, which keeps every number's text. Decimal
+strings are taken exactly as written; ``"-0"`` (and ``-0.0``) is accepted as zero and
+normalised to ``0``; zero as a JSON number is ``0``.
+
+Measured on the 2-core dev box (CPU time per message, best of 15 x 20 000): a fill with
+every field as strings ~15 us (orjson ~1 us, the compiled validator ~5-8 us, the frozen
+``Fill`` dataclass ~2.5-3.5 us), a mark tick ~9 us.
 """
 from __future__ import annotations
 
