@@ -116,6 +116,25 @@ class CommitBarrier:
             self.fut.set_result(None)
 
 
+def _keep_explicit_partitions(app, topics: set[str]) -> None:
+    """Make exactly-once sends to ``topics`` honour their explicit partition.
+
+    faust's transaction manager resolves the destination partition with the
+    consumer's metadata, which knows only subscribed topics: for an output topic
+    it got None, so the record was sent outside any transaction and partitioned
+    by key. Outputs always carry the partition of their input, so use it.
+    """
+    consumer = app.consumer
+    original = consumer.key_partition
+
+    def key_partition(topic, key, partition=None):
+        if partition is not None and topic in topics:
+            return partition
+        return original(topic, key, partition)
+
+    consumer.key_partition = key_partition
+
+
 def attach_margin_agent(mapp) -> None:
     app = mapp.app
     metrics = mapp.metrics
@@ -131,6 +150,7 @@ def attach_margin_agent(mapp) -> None:
 
     @app.agent(mapp.sequenced, name="margin")
     async def margin(stream):
+        _keep_explicit_partitions(app, {t.get_topic_name() for t in mapp.outputs.values()})
         async for events in stream.take_events(settings.batch_size, settings.batch_timeout_s):
             async with CommitBarrier(app.consumer):
                 t0 = time.perf_counter()
