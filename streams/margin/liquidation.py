@@ -28,7 +28,7 @@ from __future__ import annotations
 import math
 from bisect import bisect_right
 from dataclasses import dataclass
-from decimal import ROUND_FLOOR, ROUND_HALF_EVEN, Decimal, localcontext
+from decimal import ROUND_FLOOR, ROUND_HALF_EVEN, Context, Decimal, localcontext
 from typing import Sequence
 
 from .instruments import CONTRACT_KINDS, TierTable
@@ -95,7 +95,8 @@ def liquidation_price(s: LiquidationScope) -> float | None:
     it is the bound itself.
 
     Returns:
-      * ``None`` when ``q = 0``, or when no such positive price exists (e.g. a fully
+      * ``None`` when ``q = 0`` (or the inputs are degenerate: ``m ≤ 0``, ``c = 0``, an
+        inverse ``e ≤ 0``), or when no such positive price exists (e.g. a fully
         collateralized long whose equity stays above MM down to 0, a short hedged by
         collateral priced by the same mark, an inverse short with margin ≥ its
         maximum loss);
@@ -121,13 +122,15 @@ def liquidation_price(s: LiquidationScope) -> float | None:
     """
     q = s.qty
     m = s.mark
-    if q == 0 or not m > 0:
-        return None
     inverse = s.kind == "inverse"
+    e = s.entry
     qc = q * s.contract_size
+    # Degenerate inputs have no price (and would divide by zero below): flat position,
+    # no mark yet, zero contract size, an inverse entry that is not positive.
+    if qc == 0 or not m > 0 or (inverse and not e > 0):
+        return None
     aqc = abs(qc)
     long = q > 0
-    e = s.entry
     S = s.settle_net_other
     h = s.settle_haircut
     P = s.settle_price
@@ -401,7 +404,10 @@ def liquidation_orders(positions: Sequence[PlanPosition], equity: Decimal, targe
     so the valid remaining sizes of a tier are an interval — and every candidate is
     verified with the exact MM (stepping one ``qty_step`` either way against
     rounding), so MM jumps of explicit tier amounts are handled too. Arithmetic is
-    exact :class:`~decimal.Decimal` in a local context of ``PLAN_PRECISION`` digits.
+    exact :class:`~decimal.Decimal`: terms in a local context of ``PLAN_PRECISION``
+    digits (exact for linear contracts; an inverse notional ``r·c/m`` may not terminate),
+    their sums and the comparison with the target in a context wide enough not to round
+    them again.
     Orders come in execution order; ``qty`` is exact (not normalized).
     """
     with localcontext() as ctx:
@@ -412,20 +418,34 @@ def liquidation_orders(positions: Sequence[PlanPosition], equity: Decimal, targe
         order = sorted(range(len(live)), key=lambda i: (-contrib[i], live[i].symbol))
         if equity <= 0:
             return [_order(live[i], abs(live[i].qty)) for i in order]
-        target = target_ratio * equity
-        total = sum(contrib, Decimal(0))
+        target = _WIDE.multiply(target_ratio, equity)
+        current = list(contrib)  # MM value of each position as the plan goes
         orders: list[Order] = []
         for i in order:
-            if total < target:
+            if _sum(current) < target:
                 break
-            p, c_i = live[i], contrib[i]
-            if c_i <= 0:
+            if contrib[i] <= 0:
                 break
-            others = total - c_i
+            p = live[i]
+            others = _sum(v for j, v in enumerate(current) if j != i)
             x = _smallest_close(p, others, target)
             orders.append(_order(p, x))
-            total = others + _mm_value(p, abs(p.qty) - x)
+            current[i] = _mm_value(p, abs(p.qty) - x)
         return orders
+
+
+# Sums and comparisons of MM values use a much wider context than the terms: the terms
+# are exact for linear contracts (finite products), and an inverse term, rounded to
+# PLAN_PRECISION digits, must not be rounded again when added to a term of another
+# magnitude — otherwise a remainder exactly at the target could pass as below it.
+_WIDE = Context(prec=4 * PLAN_PRECISION, rounding=ROUND_HALF_EVEN)
+
+
+def _sum(values) -> Decimal:
+    total = Decimal(0)
+    for v in values:
+        total = _WIDE.add(total, v)
+    return total
 
 
 def _order(p: PlanPosition, qty: Decimal) -> Order:
@@ -460,7 +480,7 @@ def _smallest_close(p: PlanPosition, others: Decimal, target: Decimal) -> Decima
 
     def ok(j: Decimal) -> bool:
         r = remaining(j)
-        return r > 0 and others + _mm_value(p, r) < target
+        return r > 0 and _WIDE.add(others, _mm_value(p, r)) < target
 
     tiers = p.tiers.tiers
     sp = p.settle_price
