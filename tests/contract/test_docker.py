@@ -197,8 +197,9 @@ def _compose_cli() -> list[str] | None:
             proc = subprocess.run([*cli, "version"], capture_output=True, text=True, timeout=30)
         except (OSError, subprocess.TimeoutExpired):
             continue
-        # compose v2 only: v1 (docker-compose 1.x) does not know the compose specification's `name`
-        if proc.returncode == 0 and re.search(r"v?2\.\d+", proc.stdout):
+        # compose v2 only ("Docker Compose version v2.x", or "dev" when built from source): v1
+        # ("docker-compose version 1.29.2") does not know the compose specification's `name`
+        if proc.returncode == 0 and "Docker Compose version" in proc.stdout and " version 1." not in proc.stdout:
             return cli
     return None
 
