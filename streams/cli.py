@@ -149,7 +149,7 @@ def cmd_simulate(args: argparse.Namespace) -> int:
     opts = RunOptions(
         accounts=args.accounts, events=args.events, rate=args.rate, seed=args.seed,
         crash_at=args.crash_at, crash_depth=args.crash_depth, crash_every=args.crash_every,
-        duration=args.duration, clock=args.clock, run_id=args.run_id,
+        duration=args.duration, clock=args.clock, run_id=args.run_id, max_leverage=max(2.0, args.max_leverage),
         progress=False if args.no_progress else None,
     )
     result = _run_kafka(settings, produce_run, settings, opts)
@@ -331,6 +331,8 @@ def add_operator_commands(sub) -> None:
     p.add_argument("--crash-every", type=_positive_float, default=0.0, metavar="S",
                    help="for endless runs: a crash every S seconds of wall time (0 = never)")
     p.add_argument("--duration", type=_positive_float, default=0.0, metavar="S", help="stop after S seconds (0 = no limit)")
+    p.add_argument("--max-leverage", type=_positive_float, default=20.0, metavar="X",
+                   help="leverage of a fill is drawn from 2..X (20)")
     p.add_argument("--clock", choices=("wall", "sim"), default="wall",
                    help="event time: wall clock (live, default) or simulated (fully deterministic output)")
     p.add_argument("--run-id", default=None, metavar="TEXT",

@@ -263,6 +263,7 @@ class RunOptions:
     run_id: str | None = None
     progress: bool | None = None  # None = on a terminal, for long runs
     bad_share: float = 0.002
+    max_leverage: float = 20.0  # per fill, drawn from 2..max_leverage (market.generate uses 40)
     symbols: tuple[str, ...] = field(default_factory=lambda: tuple(DEFAULT_SYMBOLS))
 
 
@@ -283,7 +284,7 @@ def default_run_id(now_ms: int | None = None) -> str:
 def sim_config(opts: RunOptions) -> SimConfig:
     return SimConfig(seed=opts.seed, accounts=opts.accounts, events=opts.events or 1,
                      crash_at=opts.crash_at, crash_depth=opts.crash_depth, bad_share=opts.bad_share,
-                     symbols=tuple(opts.symbols))
+                     max_leverage=opts.max_leverage, symbols=tuple(opts.symbols))
 
 
 def iter_run(opts: RunOptions, elapsed: Callable[[], float] | None = None) -> Iterator[tuple[str, list[dict]]]:
