@@ -73,7 +73,10 @@ def create_app(settings: Settings) -> MarginApp:
         web_host=canonical,
         canonical_url=f"http://{canonical}:{settings.web_port}",
         datadir=settings.data_dir,
-        table_standby_replicas=1,
+        # No standbys: faust's transaction manager skips revoked partitions that
+        # become standbys when it stops producers, and their transactional
+        # producers are fenced when the partition comes back (seen on the broker).
+        table_standby_replicas=0,
         logging_config=None,
     )
     _route_outputs_with_their_input(app, settings)

@@ -37,7 +37,7 @@ def attach_pages(mapp) -> None:
                 return web.json({"error": "partition not held here", "partition": p}, status=503)
             from .agents.accounts import build_processor
 
-            proc = mapp.processors[p] = build_processor(mapp, p)
+            proc = mapp.processors[p] = await build_processor(mapp, p)
         out = current_status(proc.engine, account_id, {"topic": "query", "id": account_id, "ts": proc.engine.last_ts})
         if out is None:
             return web.json({"error": "unknown account", "account_id": account_id}, status=404)

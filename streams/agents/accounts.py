@@ -32,21 +32,67 @@ def _prefix(partition: int) -> str:
     return f"{partition}{SEP}"
 
 
-def build_processor(mapp, partition: int) -> PartitionProcessor:
-    """A partition's processor, its engine rebuilt from the tables."""
+async def read_committed_records(mapp, partition: int) -> dict[bytes, bytes]:
+    """The committed state records of ``partition``: its changelog partitions read
+    from the start up to the last stable offset, latest value per key.
+
+    The engine is rebuilt from this rather than from faust's in-memory store:
+    what counts is exactly what was committed with the input offsets (under
+    exactly-once, the same transactions), and faust's recovery was seen on the
+    broker to stop early after a takeover (highwater reported as -1).
+    """
+    from aiokafka import AIOKafkaConsumer, TopicPartition
+
+    from ..topics import bootstrap, kafka_security
+
+    consumer = AIOKafkaConsumer(
+        bootstrap_servers=bootstrap(mapp.settings), enable_auto_commit=False,
+        isolation_level="read_committed", **kafka_security(mapp.settings),
+    )
+    await consumer.start()
+    try:
+        tps = [TopicPartition(t.changelog_topic.get_topic_name(), partition) for t in (mapp.accounts, mapp.seen)]
+        consumer.assign(tps)
+        await consumer.seek_to_beginning(*tps)
+        end = await consumer.end_offsets(tps)
+        latest: dict[bytes, bytes] = {}
+        pending = {tp for tp in tps if end[tp] > 0}
+        while pending:
+            batch = await consumer.getmany(*pending, timeout_ms=500)
+            for tp, recs in batch.items():
+                for rec in recs:
+                    if rec.value is None:
+                        latest.pop(rec.key, None)
+                    else:
+                        latest[rec.key] = rec.value
+            for tp in list(pending):
+                if await consumer.position(tp) >= end[tp]:
+                    pending.discard(tp)
+        return latest
+    finally:
+        await consumer.stop()
+
+
+async def build_processor(mapp, partition: int) -> PartitionProcessor:
+    """A partition's processor, its engine rebuilt from the committed changelog."""
     t0 = time.perf_counter()
     if mapp.seed is None:
         mapp.seed = load_seed(mapp.settings.risk_params_file)
     engine = new_engine(mapp.settings, mapp.seed)
     prefix = _prefix(partition).encode()
-    params = mapp.accounts.get(prefix + b"params")
-    marks = mapp.accounts.get(prefix + b"marks")
-    accounts = []
-    for key, value in mapp.accounts.items():
-        if key.startswith(prefix) and key not in (prefix + b"params", prefix + b"marks"):
-            accounts.append((key[len(prefix):].decode(), orjson.loads(value)))
+    latest = await read_committed_records(mapp, partition)
+    params = latest.pop(prefix + b"params", None)
+    marks = latest.pop(prefix + b"marks", None)
+    accounts, seen = [], []
+    for key, value in latest.items():
+        if not key.startswith(prefix):
+            continue
+        rest = key[len(prefix):].decode()
+        if SEP in rest:
+            seen.append((rest, value.decode()))
+        else:
+            accounts.append((rest, orjson.loads(value)))
     accounts.sort()
-    seen = [(k[len(prefix):].decode(), v.decode()) for k, v in mapp.seen.items() if k.startswith(prefix)]
     records.restore(engine, orjson.loads(params) if params else None, orjson.loads(marks) if marks else None,
                     accounts, seen)
     log.info("partition %d: rebuilt %d accounts, %d ids in %.3fs", partition, len(accounts), len(seen),
@@ -87,33 +133,55 @@ async def persist(changes: list, partition: int) -> None:
 
 
 class CommitBarrier:
-    """Keeps faust's offset/transaction commit out of a batch.
+    """Mutual exclusion between a batch and faust's offset/transaction commits.
 
     A batch's outputs and changelog records are sent with several awaits; a
     timer commit between two of them would commit part of the batch's effects
     without its offsets (duplicates or losses after a crash), and under
-    exactly-once a send during a commit fails outright ("not in transaction").
-    faust lets one commit run at a time through ``Consumer._commit_fut``: the
-    batch takes that slot (after any commit in flight), so timer commits
-    scheduled meanwhile wait and then skip; the next one commits the batch whole.
+    exactly-once a send during a commit fails ("not in transaction"). The batch
+    and the consumer's ``commit`` (wrapped) take one FIFO lock, so a commit
+    waiting for a batch runs before the next batch starts: commits never starve
+    and never skip (a rebalance relies on its commit).
     """
 
     def __init__(self, consumer) -> None:
-        self.consumer = consumer
-        self.fut = None
+        self.lock = asyncio.Lock()
+        original = consumer.commit
+
+        async def commit(*args, **kwargs):
+            async with self.lock:
+                return await original(*args, **kwargs)
+
+        consumer.commit = commit
 
     async def __aenter__(self) -> "CommitBarrier":
-        while self.consumer._commit_fut is not None:
-            await self.consumer.maybe_wait_for_commit_to_finish()
-        self.fut = asyncio.get_running_loop().create_future()
-        self.consumer._commit_fut = self.fut
+        await self.lock.acquire()
         return self
 
     async def __aexit__(self, *exc) -> None:
-        if self.consumer._commit_fut is self.fut:
-            self.consumer._commit_fut = None
-        if not self.fut.done():
-            self.fut.set_result(None)
+        self.lock.release()
+
+
+def purge_partition(mapp, partition: int) -> int:
+    """Drop the keys of a partition this worker no longer holds from the memory stores.
+
+    Records are written to the store directly (faust does not know their
+    partition, so it never drops them itself); should the partition come back,
+    faust recovers it from the start of its changelog, and keys left over from
+    before would outlive state the committed changelog no longer has.
+    """
+    prefix = _prefix(partition).encode()
+    dropped = 0
+    for table in (mapp.accounts, mapp.seen):
+        store = table.data
+        data = getattr(store, "data", None)
+        if not isinstance(data, dict):
+            continue
+        for key in [k for k in data if k.startswith(prefix)]:
+            data.pop(key, None)
+            getattr(store, "_key_partition", {}).pop(key, None)
+            dropped += 1
+    return dropped
 
 
 def _keep_explicit_partitions(app, topics: set[str]) -> None:
@@ -141,25 +209,26 @@ def attach_margin_agent(mapp) -> None:
     settings = mapp.settings
     written: dict[int, dict] = {}
 
-    def processor(p: int) -> PartitionProcessor:
+    async def processor(p: int) -> PartitionProcessor:
         proc = mapp.processors.get(p)
         if proc is None:
-            proc = mapp.processors[p] = build_processor(mapp, p)
+            proc = mapp.processors[p] = await build_processor(mapp, p)
             written[p] = {"params_version": proc.engine.params_version}
         return proc
 
     @app.agent(mapp.sequenced, name="margin")
     async def margin(stream):
         _keep_explicit_partitions(app, {t.get_topic_name() for t in mapp.outputs.values()})
+        barrier = CommitBarrier(app.consumer)
         async for events in stream.take_events(settings.batch_size, settings.batch_timeout_s):
-            async with CommitBarrier(app.consumer):
+            async with barrier:
                 t0 = time.perf_counter()
                 touched: dict[int, PartitionProcessor] = {}
                 sends = []
                 for event in events:
                     msg = event.message
                     p = msg.partition
-                    proc = touched.get(p) or processor(p)
+                    proc = touched.get(p) or await processor(p)
                     touched[p] = proc
                     headers = dict(msg.headers or ())
                     topic = (headers.get(SOURCE_HEADER) or b"").decode() or "unknown"
@@ -195,6 +264,16 @@ def attach_margin_agent(mapp) -> None:
                 written.pop(tp.partition, None)
                 metrics.forget_partition(tp.partition)
         metrics.observe_rebalance()
+
+    held: set[int] = set()
+
+    @app.on_partitions_assigned.connect
+    async def on_assigned(app_, assigned, **kwargs):  # noqa: ANN001
+        now = {tp.partition for tp in assigned if tp.topic == mapp.sequenced.get_topic_name()}
+        for p in held - now:  # truly lost: the next owner of p has the committed state
+            purge_partition(mapp, p)
+        held.clear()
+        held.update(now)
 
     @app.timer(interval=5.0)
     async def refresh_gauges():

@@ -111,13 +111,13 @@ def position_values(pos: Position, inst: Instrument, mark: Decimal) -> PositionV
 
 def evaluate_exact(book: AccountBook, market: Market) -> AccountValues:
     """The contract's cross and isolated evaluation, exactly."""
-    nets: dict[str, Decimal] = dict(book.balances)
+    nets: dict[str, Decimal] = dict(sorted(book.balances.items()))
     mm_cross = ZERO
     im_cross = ZERO
     pvals: dict[str, PositionValues] = {}
     isolated: dict[str, ScopeValues] = {}
     settle_prices: dict[str, Decimal | None] = {}
-    for symbol, pos in book.positions.items():
+    for symbol, pos in sorted(book.positions.items()):
         inst = market.instruments[symbol]
         pv = position_values(pos, inst, market.mark_for(pos))
         pvals[symbol] = pv
@@ -134,7 +134,7 @@ def evaluate_exact(book: AccountBook, market: Market) -> AccountValues:
             im_cross += pv.im * price
     equity = ZERO
     unpriced = []
-    for a, net in nets.items():
+    for a, net in sorted(nets.items()):
         price = market.asset_price(a)
         if price is None:
             if net != 0:

@@ -104,9 +104,10 @@ class StatusBuilder:
         equity = float(ce.equity[i])
         mm = float(ce.mm[i])
         # per settle asset nets (float, in the index's fixed order) for liquidation prices
-        nets: dict[str, float] = {a: float(idx.bal[idx.asset_col[a], r]) for a in book.balances}
+        # every sum below runs in sorted order: a rebuilt book must give the same bits
+        nets: dict[str, float] = {a: float(idx.bal[idx.asset_col[a], r]) for a in sorted(book.balances)}
         cross_positions = []
-        for symbol, pos in book.positions.items():
+        for symbol, pos in sorted(book.positions.items()):
             col = idx.symbols[symbol]
             slot = col.slot_of[r]
             if not pos.isolated:
@@ -118,7 +119,7 @@ class StatusBuilder:
             p = idx.price[col.asset_col]
             if not math.isnan(p):
                 im += _initial(col, slot) * p
-        values = {a: self._value(a, n) for a, n in nets.items()}
+        values = {a: self._value(a, n) for a, n in sorted(nets.items())}
         unpriced = sorted(a for a, n in nets.items() if n != 0 and math.isnan(idx.price[idx.asset_col[a]]))
         positions = []
         states = [STATES[int(idx.cross_state[r])]]
