@@ -166,6 +166,8 @@ class PartitionEngine:
                 old.check_update(inst)
             self.market.instruments[p.symbol] = inst
             col = self.index.add_symbol(inst)
+            if math.isnan(col.mark) and p.symbol in self.market.marks:
+                col.mark = float(self.market.marks[p.symbol])  # a mark that came before its params
             if col.n:
                 self.index.recompute_symbol(p.symbol)
                 slots = np.arange(col.n)

@@ -101,6 +101,28 @@ class TierTable:
         return f"TierTable({self.tiers!r})"
 
 
+def check_positive_maintenance(table: TierTable) -> None:
+    """Reject tables whose MM can be ≤ 0 for a positive notional.
+
+    MM of tier k is smallest at its lower bound, so MM > 0 on (0, ∞) needs
+    ``amount_0 = 0`` and ``amount_k < max_notional_{k−1}·mmr_k`` (equality would make
+    MM exactly 0 at a bound). A negative MM has no meaning in the contract's states
+    (ratio, liquidation), so such parameters are a ``schema_violation``.
+    """
+    tiers = table.tiers
+    if tiers[0].maintenance_amount != 0:
+        raise InputRejected(SCHEMA_VIOLATION, "field 'tiers.0.maintenance_amount' must be 0", "tiers.0.maintenance_amount")
+    for k in range(1, len(tiers)):
+        low = tiers[k - 1].max_notional
+        if tiers[k].mmr > 0 and not (tiers[k].maintenance_amount < low * tiers[k].mmr):
+            raise InputRejected(
+                SCHEMA_VIOLATION,
+                f"field 'tiers.{k}.maintenance_amount' ({tiers[k].maintenance_amount}) must be below "
+                f"max_notional of tier {k - 1} × mmr ({low * tiers[k].mmr}): maintenance margin would not be positive",
+                f"tiers.{k}.maintenance_amount",
+            )
+
+
 class LinearContract:
     """Linear (quanto-free) contract, settled in the quote asset.
 
@@ -182,7 +204,9 @@ class Instrument:
     def from_params(cls, p: InstrumentParams) -> "Instrument":
         if p.kind not in CONTRACT_KINDS:
             raise InputRejected(SCHEMA_VIOLATION, f"field 'kind' must be linear or inverse, got {p.kind!r}", "kind")
-        return cls(p.symbol, p.kind, p.settle_asset, p.contract_size, p.qty_step, TierTable.from_specs(p.tiers))
+        table = TierTable.from_specs(p.tiers)
+        check_positive_maintenance(table)
+        return cls(p.symbol, p.kind, p.settle_asset, p.contract_size, p.qty_step, table)
 
     def check_update(self, new: "Instrument") -> None:
         """Raise ``params_conflict`` if ``new`` changes what may not change."""

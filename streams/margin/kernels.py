@@ -111,7 +111,9 @@ class SymbolColumn:
         m = self.lastp[sl] if math.isnan(self.mark) else np.full(q.shape, self.mark)
         aq = np.abs(q) * self.c
         if self.inverse:
-            inv_m = 1.0 / m
+            # a flat isolated slot funded before any fill or mark has no price (0)
+            with np.errstate(divide="ignore", invalid="ignore"):
+                inv_m = np.where(m > 0, 1.0 / np.where(m > 0, m, 1.0), 0.0)
             n = aq * inv_m
             upnl = q * self.c * (self.entry[sl] - inv_m)
             gross = aq * (self.entry[sl] + inv_m)

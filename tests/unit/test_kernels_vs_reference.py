@@ -752,10 +752,9 @@ def test_negative_mm_decision_matches_reference():
     MM ≥ 0.8·equity (−29.98 ≥ −80) -> margin_call. The float decide() requires MM > 0 -> healthy.
     (The CONTRACT's own ratio MM/equity = 0.2998 < 0.8 says healthy: the reference is the one
     that is off — it assumes equity > 0 when comparing MM ≥ L·equity.)"""
-    events = [instrument("X", "linear", "USDT", "1", ((1000, "0.01", "0"), (None, "0.02", "50"))),
-              collateral("d", "a", "USDT", -100, 1, reason="adjustment"),
-              fill("f", "a", "X", "buy", 1, 1001, 2)]
-    run_and_compare(events)
+    # Such tables are now rejected (MM must be positive above zero notional).
+    _assert_params_rejected(instrument("X", "linear", "USDT", "1", ((1000, "0.01", "0"), (None, "0.02", "50"))),
+                            "tiers.1.maintenance_amount")
 
 
 def test_mm_exactly_zero_inside_a_tier_matches_reference():
@@ -763,7 +762,17 @@ def test_mm_exactly_zero_inside_a_tier_matches_reference():
     exactly, but in floats 1002·0.017 − 17.034 = 3.6e-15 > 0. With equity −5 the float path
     says liquidation (MM > 0 and equity ≤ MM); exact: MM = 0 -> healthy. No screen catches it:
     _near has no band around MM = 0."""
-    events = [instrument("X", "linear", "USDT", "1", ((1000, "0.01", "0"), (None, "0.017", "17.034"))),
-              collateral("d", "a", "USDT", -5, 1, reason="adjustment"),
-              fill("f", "a", "X", "buy", 1, 1002, 2)]
-    run_and_compare(events)
+    # Such tables are now rejected (MM must be positive above zero notional).
+    _assert_params_rejected(instrument("X", "linear", "USDT", "1", ((1000, "0.01", "0"), (None, "0.017", "17.034"))),
+                            "tiers.1.maintenance_amount")
+
+
+def _assert_params_rejected(params, field):
+    from streams.margin.engine import PartitionEngine
+    from streams.margin.errors import InputRejected
+    from streams.margin.reference import MarginConfig
+
+    eng = PartitionEngine(MarginConfig())
+    with pytest.raises(InputRejected) as err:
+        eng.apply(params)
+    assert err.value.code == "schema_violation" and err.value.field == field
