@@ -8,47 +8,25 @@ dead-lettered with ``source_topic: "replay"``.
 """
 from __future__ import annotations
 
-import base64
-import binascii
 import sys
 from typing import IO, Iterable, Iterator
 
 import orjson
 
-from .deadletter import build_dead_letter
+from . import codec
+from .deadletter import build_replay_dead_letter
 from .margin.engine import Output, current_status
-from .margin.errors import SCHEMA_VIOLATION, INVALID_JSON, InputRejected
+from .margin.errors import InputRejected
 from .pipeline import DEAD_LETTERS, PartitionProcessor, new_engine, wall_ms
 from .settings import Settings
 
-INPUT_TOPICS = ("fills", "mark-prices", "collateral", "account-snapshots", "risk-params")
-
-
 def parse_envelope(line: bytes) -> tuple[str, bytes | None, bytes]:
-    """(topic, key bytes, value bytes) of one replay line, or ``InputRejected``."""
-    try:
-        env = orjson.loads(line)
-    except orjson.JSONDecodeError as exc:
-        raise InputRejected(INVALID_JSON, f"the replay line is not valid JSON ({exc})", None) from None
-    if not isinstance(env, dict):
-        raise InputRejected(SCHEMA_VIOLATION, "the replay line must be an object with 'topic', 'key' and 'value'", None)
-    topic = env.get("topic")
-    if topic not in INPUT_TOPICS:
-        raise InputRejected(SCHEMA_VIOLATION, f"field 'topic' must be one of {', '.join(INPUT_TOPICS)}, got {topic!r}", "topic")
-    key = env.get("key")
-    if key is not None and not isinstance(key, str):
-        raise InputRejected(SCHEMA_VIOLATION, "field 'key' must be a string or null", "key")
-    if "value_b64" in env:
-        try:
-            value = base64.b64decode(env["value_b64"], validate=True)
-        except (binascii.Error, TypeError, ValueError):
-            raise InputRejected(SCHEMA_VIOLATION, "field 'value_b64' must be base64 text", "value_b64") from None
-    elif "value" in env:
-        v = env["value"]
-        value = v.encode("utf-8", "surrogatepass") if isinstance(v, str) else orjson.dumps(v)
-    else:
-        raise InputRejected(SCHEMA_VIOLATION, "field 'value' (or 'value_b64') is missing", "value")
-    return topic, None if key is None else key.encode(), value
+    """(topic, key bytes, value bytes) of one replay line, or ``InputRejected``.
+
+    An object ``value`` counts as its exact text in the line, so risk-params cause
+    ids (a hash of the value bytes) match what a producer of that text would get.
+    """
+    return codec.decode_replay_line(line)
 
 
 def replay_lines(lines: Iterable[bytes], settings: Settings, final: bool = False,
@@ -62,9 +40,8 @@ def replay_lines(lines: Iterable[bytes], settings: Settings, final: bool = False
         try:
             topic, key, value = parse_envelope(line)
         except InputRejected as err:
-            payload = build_dead_letter(
-                source_topic="replay", partition=0, offset=offset, key=None, value=line, error=err,
-                fallback_ts=proc.engine.last_ts, decided_at=clock(),
+            payload = build_replay_dead_letter(
+                line_no=offset, line=line, error=err, fallback_ts=proc.engine.last_ts, decided_at=clock(),
             )
             yield Output(DEAD_LETTERS, payload.get("account_id") or "", payload)
             continue
