@@ -23,6 +23,7 @@ from ..margin.events import MarkTick
 from ..pipeline import PartitionProcessor, new_engine, load_seed
 from ..replay import stamp
 from ..topics import SOURCE_HEADER
+from .ordering import ACCEPT, OffsetGuard, committed_offset
 
 log = logging.getLogger(__name__)
 SEP = "\x1f"
@@ -208,11 +209,13 @@ def attach_margin_agent(mapp) -> None:
     metrics = mapp.metrics
     settings = mapp.settings
     written: dict[int, dict] = {}
+    guard = OffsetGuard()
 
     async def processor(p: int) -> PartitionProcessor:
         proc = mapp.processors.get(p)
         if proc is None:
             proc = mapp.processors[p] = await build_processor(mapp, p)
+            guard.start(p, await committed_offset(mapp, p))
             written[p] = {"params_version": proc.engine.params_version}
         return proc
 
@@ -230,6 +233,11 @@ def attach_margin_agent(mapp) -> None:
                     p = msg.partition
                     proc = touched.get(p) or await processor(p)
                     touched[p] = proc
+                    order = guard.check(p, msg.offset)
+                    if order != ACCEPT:
+                        log.info("partition %d offset %d %s (expected %s)", p, msg.offset, order, guard.expected.get(p))
+                        continue
+                    guard.advance(p, msg.offset)
                     headers = dict(msg.headers or ())
                     topic = (headers.get(SOURCE_HEADER) or b"").decode() or "unknown"
                     result = proc.process(topic, msg.key, msg.value, msg.offset)
@@ -262,6 +270,7 @@ def attach_margin_agent(mapp) -> None:
             if tp.topic == mapp.sequenced.get_topic_name():
                 mapp.processors.pop(tp.partition, None)
                 written.pop(tp.partition, None)
+                guard.forget(tp.partition)
                 metrics.forget_partition(tp.partition)
         metrics.observe_rebalance()
 
