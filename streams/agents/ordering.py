@@ -5,9 +5,11 @@ records already taken into a ``take_events`` buffer before the rebalance are
 still delivered: applying those first would apply later records before earlier
 ones (seen on the broker: deposits applied before the first marks). The guard
 knows the committed offset a partition's engine was rebuilt at and accepts
-only the next offset: earlier ones were applied already, later ones come again
-in order after the seek (they are not committed past the gap: faust commits
-only contiguous acked offsets).
+only the next offset: earlier ones were applied already; on a later one the
+consumer is sought back to the expected offset (seen: after a rebalance with
+nothing committed, the consumer resumed where it had fetched before, past
+records no engine applied). Skipped records are not committed past the gap:
+faust commits only contiguous acked offsets.
 """
 from __future__ import annotations
 
@@ -21,13 +23,24 @@ class OffsetGuard:
 
     def __init__(self) -> None:
         self.expected: dict[int, int] = {}
+        self.sought: dict[int, int] = {}  # partition -> offset a seek was issued for
 
     def start(self, partition: int, offset: int) -> None:
         """The engine of ``partition`` holds every record before ``offset``."""
         self.expected[partition] = offset
+        self.sought.pop(partition, None)
 
     def forget(self, partition: int) -> None:
         self.expected.pop(partition, None)
+        self.sought.pop(partition, None)
+
+    def needs_seek(self, partition: int) -> bool:
+        """True once per expected offset: the consumer must go back to it."""
+        exp = self.expected[partition]
+        if self.sought.get(partition) == exp:
+            return False
+        self.sought[partition] = exp
+        return True
 
     def check(self, partition: int, offset: int) -> str:
         exp = self.expected.get(partition)
