@@ -23,11 +23,12 @@ Metrics (name ``{labels}`` — meaning):
 - ``marginwatch_accounts_held`` — accounts held by this worker.
 - ``marginwatch_mark_price_age_seconds{symbol}`` — wall-clock seconds since a mark tick of the symbol was last applied; computed at scrape time, keeps growing when no tick arrives.
 - ``marginwatch_mark_price_last_timestamp_seconds{symbol}`` — event time (ts) of the last applied mark tick of the symbol, Unix seconds.
-- ``marginwatch_consumer_lag_messages{topic, partition}`` — messages between the committed/consumed position and the high watermark.
+- ``marginwatch_consumer_lag_messages{topic, partition}`` — messages between the consumer position and the high watermark: topic ``sequenced`` for the margin agent's ordered log (high watermark − last processed offset − 1), the contract's input topic names for the sequencer.
 - ``marginwatch_consumer_lag_seconds{partition}`` — wall clock minus event time of the last applied input of the partition; computed at scrape time, grows while the partition is stuck.
 - ``marginwatch_table_recovery_duration_seconds`` — duration of the last completed table (changelog) recovery.
 - ``marginwatch_recovering`` — 1 while tables are recovering, else 0.
 - ``marginwatch_rebalances_total`` — consumer-group rebalances seen by this worker.
+- ``marginwatch_sequencer_forwarded_total{topic}`` — input records the sequencer forwarded to the sequenced log, by source topic (a broadcast record counts once, whatever its fan-out).
 - ``marginwatch_build_info{version, python, faust}`` — always 1; the labels carry the versions.
 - ``marginwatch_worker_last_progress_timestamp_seconds`` — wall clock of the last handled input (applied, duplicate, stale or dead-lettered), initialised at creation; the stall watchdog reads it.
 
@@ -77,6 +78,8 @@ OUTPUT_TOPICS: tuple[str, ...] = ("margin-status", "margin-calls", "liquidations
 DECISION_OUTPUTS: tuple[str, ...] = ("margin-status", "margin-calls", "liquidations")
 OUTCOMES: tuple[str, ...] = ("applied", "duplicate", "stale", "dead_letter")
 STATES: tuple[str, ...] = ("healthy", "margin_call", "liquidation")
+#: ``topic`` label of the margin agent's consumer lag (the internal sequenced log)
+SEQUENCED_LAG_TOPIC = "sequenced"
 
 DECISION_LATENCY_BUCKETS: tuple[float, ...] = (
     0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
@@ -201,11 +204,13 @@ class Metrics:
     table_recovery_duration: Gauge
     recovering: Gauge
     rebalances: Counter
+    sequencer_forwarded: Counter
     build_info: Gauge
     worker_last_progress: Gauge
     _clocked: _ClockCollector = field(repr=False)
     _recovery_started_at: float | None = field(default=None, repr=False)
     _last_progress_s: float = field(default=0.0, repr=False)
+    _recovering: bool = field(default=False, repr=False)
 
     # ----------------------------------------------------------------- inputs
     def observe_input(self, topic: str, outcome: str, error: str | None = None) -> None:
@@ -236,6 +241,11 @@ class Metrics:
     def seconds_since_progress(self) -> float:
         """Wall-clock seconds since the last handled input (or since creation)."""
         return max(0.0, self.clock() - self._last_progress_s)
+
+    @property
+    def last_progress_s(self) -> float:
+        """Wall clock (``clock()``) of the last handled input, or of creation."""
+        return self._last_progress_s
 
     # ------------------------------------------------------------------ marks
     def set_mark(self, symbol: str, event_ts_ms: int, wall_s: float | None = None) -> None:
@@ -269,14 +279,28 @@ class Metrics:
         with self._clocked._lock:
             self._clocked.lag[(topic, str(partition))] = max(0.0, float(messages))
 
-    def forget_partition(self, partition: int | str) -> None:
-        """Drop the lag series of a partition (call when it is revoked from this worker)."""
+    def forget_partition(self, partition: int | str, topic: str | None = None) -> None:
+        """Drop the lag series of a partition (call when it is revoked from this worker).
+
+        With ``topic``, only that topic's message lag is dropped (the event-time lag
+        of the account partition too); without, the message lag of every topic.
+        """
         p = str(partition)
         c = self._clocked
         with c._lock:
             c.progress.pop(p, None)
-            for key in [k for k in c.lag if k[1] == p]:
+            for key in [k for k in c.lag if k[1] == p and (topic is None or k[0] == topic)]:
                 del c.lag[key]
+
+    def forget_lag(self, topic: str, partition: int | str) -> None:
+        """Drop the message-lag series of one topic partition (e.g. no longer assigned)."""
+        with self._clocked._lock:
+            self._clocked.lag.pop((topic, str(partition)), None)
+
+    def lag_snapshot(self, topic: str | None = None) -> dict[tuple[str, str], float]:
+        """The current message lags, ``(topic, partition) -> messages`` (of ``topic`` only, if given)."""
+        with self._clocked._lock:
+            return {k: v for k, v in self._clocked.lag.items() if topic is None or k[0] == topic}
 
     # ---------------------------------------------------------------- outputs
     def observe_output(self, topic: str, event_ts_ms: int | None = None, wall_s: float | None = None) -> None:
@@ -339,8 +363,9 @@ class Metrics:
 
     # ------------------------------------------------------- recovery, group
     def recovery_started(self) -> None:
-        """Tables started recovering (marginwatch_recovering = 1)."""
+        """Tables started recovering (marginwatch_recovering = 1); the duration counts from the last call."""
         self._recovery_started_at = time.monotonic()
+        self._recovering = True
         self.recovering.set(1)
 
     def recovery_finished(self, duration_s: float | None = None) -> None:
@@ -348,13 +373,24 @@ class Metrics:
         if duration_s is None and self._recovery_started_at is not None:
             duration_s = time.monotonic() - self._recovery_started_at
         self._recovery_started_at = None
+        self._recovering = False
         self.recovering.set(0)
         if duration_s is not None:
             self.table_recovery_duration.set(duration_s)
 
+    @property
+    def is_recovering(self) -> bool:
+        """True between :meth:`recovery_started` and :meth:`recovery_finished`."""
+        return self._recovering
+
     def observe_rebalance(self) -> None:
         """Count a consumer-group rebalance (partitions revoked/assigned)."""
         self.rebalances.inc()
+
+    # -------------------------------------------------------------- sequencer
+    def observe_forwarded(self, topic: str, records: int = 1) -> None:
+        """Count input records of contract topic ``topic`` forwarded by the sequencer."""
+        self.sequencer_forwarded.labels(topic).inc(records)
 
     # --------------------------------------------------------------- exposure
     def render(self) -> bytes:
@@ -418,6 +454,11 @@ def create_metrics(registry: CollectorRegistry, *, clock: Clock = time.time) -> 
         ),
         recovering=Gauge(PREFIX + "recovering", "1 while tables are recovering, else 0.", registry=r),
         rebalances=Counter(PREFIX + "rebalances", "Consumer-group rebalances seen by this worker.", registry=r),
+        sequencer_forwarded=Counter(
+            PREFIX + "sequencer_forwarded",
+            "Input records forwarded by the sequencer to the sequenced log, by source topic (once per input).",
+            ["topic"], registry=r,
+        ),
         build_info=Gauge(
             PREFIX + "build_info", "Build information; always 1.", ["version", "python", "faust"], registry=r,
         ),
@@ -434,6 +475,7 @@ def create_metrics(registry: CollectorRegistry, *, clock: Clock = time.time) -> 
             m.input_messages.labels(topic, outcome)
         for code in ERROR_CODES:
             m.dead_letters.labels(topic, code)
+        m.sequencer_forwarded.labels(topic)
     for topic in OUTPUT_TOPICS:
         m.outputs.labels(topic)
     for output in DECISION_OUTPUTS:
@@ -484,6 +526,7 @@ __all__ = [
     "Metrics",
     "OUTCOMES",
     "OUTPUT_TOPICS",
+    "SEQUENCED_LAG_TOPIC",
     "STATES",
     "create_metrics",
     "metric_labels",

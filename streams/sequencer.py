@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 
@@ -41,6 +42,33 @@ class Sequencer:
         self.by_name = {settings.topic(t): t for t in INPUT_TOPICS}
         self.forwarded = 0
         self._stopping = asyncio.Event()
+        self._lag_reported: set[tuple[str, int]] = set()
+        self._lag_at = 0.0
+
+    LAG_INTERVAL_S = 1.0
+
+    async def report_lag(self, consumer: AIOKafkaConsumer) -> None:
+        """Set ``marginwatch_consumer_lag_messages{topic=<input topic>}`` of the assigned
+        input partitions (high watermark − position); drop partitions no longer assigned."""
+        if self.metrics is None:
+            return
+        now = set()
+        for tp in consumer.assignment():
+            topic = self.by_name.get(tp.topic)
+            if topic is None:
+                continue
+            try:
+                hw = consumer.highwater(tp)
+                position = _position_nowait(consumer, tp)
+            except Exception:  # revoked meanwhile: next time
+                continue
+            if hw is None or position is None:
+                continue
+            self.metrics.set_lag(topic, tp.partition, max(0, hw - position))
+            now.add((topic, tp.partition))
+        for topic, partition in self._lag_reported - now:
+            self.metrics.forget_lag(topic, partition)
+        self._lag_reported = now
 
     async def run(self) -> None:
         s = self.settings
@@ -62,6 +90,9 @@ class Sequencer:
             partitions = None
             while not self._stopping.is_set():
                 batches = await consumer.getmany(timeout_ms=100, max_records=5000)
+                if time.monotonic() - self._lag_at >= self.LAG_INTERVAL_S:
+                    self._lag_at = time.monotonic()
+                    await self.report_lag(consumer)
                 if not batches:
                     continue
                 if partitions is None:
@@ -83,12 +114,25 @@ class Sequencer:
                 if futures:
                     await asyncio.gather(*futures)
                 await consumer.commit()
+                if self.metrics is not None:
+                    for tp, records in batches.items():
+                        self.metrics.observe_forwarded(self.by_name[tp.topic], len(records))
         finally:
             await consumer.stop()
             await producer.stop()
 
     def stop(self) -> None:
         self._stopping.set()
+
+
+def _position_nowait(consumer: AIOKafkaConsumer, tp) -> int | None:
+    """``consumer.position(tp)`` without waiting: None while the position is not known
+    (``position()`` would wait for the offset reset, stalling the forwarding loop)."""
+    subscription = consumer._subscription
+    if not subscription.is_assigned(tp):
+        return None
+    state = subscription.subscription.assignment.state_value(tp)
+    return state.position if state is not None and state.has_valid_position else None
 
 
 assert set(ACCOUNT_TOPICS) | set(BROADCAST_TOPICS) == set(INPUT_TOPICS)

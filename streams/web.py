@@ -2,16 +2,20 @@
 
 ``GET /accounts/{account_id}``: the account's current margin-status, routed to
 the worker that owns its partition; ``GET /healthz`` (alive), ``GET /readyz``
-(503 while tables recover or a rebalance is in progress), ``GET /metrics``.
+(503 from start-up until the first assignment is recovered, and while tables
+recover or a rebalance is in progress), ``GET /metrics``.
 With ``MW_API_TOKEN`` set, account queries need ``Authorization: Bearer <token>``.
 """
 from __future__ import annotations
 
 import hmac
+import logging
 
 from .margin.engine import current_status
 from .pipeline import wall_ms
 from .topics import account_partition
+
+log = logging.getLogger(__name__)
 
 
 def attach_pages(mapp) -> None:
@@ -24,9 +28,13 @@ def attach_pages(mapp) -> None:
         given = request.headers.get("Authorization", "")
         return hmac.compare_digest(given.encode(), f"Bearer {token}".encode())
 
-    @app.page("/accounts/{account_id}")
-    @app.table_route(table=mapp.accounts, match_info="account_id")
-    async def account_status(web, request, account_id: str):
+    def ready() -> bool:
+        health = getattr(mapp, "health", None)
+        if health is not None:
+            return health.ready()
+        return not (getattr(app, "in_recovery", False) or app.rebalancing)
+
+    async def local_status(web, request, account_id: str):
         if not authorized(request):
             return web.json({"error": "unauthorized"}, status=401)
         p = account_partition(account_id.encode(), mapp.settings.partitions)
@@ -37,12 +45,29 @@ def attach_pages(mapp) -> None:
                 return web.json({"error": "partition not held here", "partition": p}, status=503)
             from .agents.accounts import build_processor
 
-            proc = mapp.processors[p] = await build_processor(mapp, p)
+            # Built for this query only, never stored: the agent owns mapp.processors
+            # (a stored one would lack the agent's per-partition bookkeeping, and one
+            # finished after a revocation would outlive the partition's state).
+            proc = await build_processor(mapp, p)
         out = current_status(proc.engine, account_id, {"topic": "query", "id": account_id, "ts": proc.engine.last_ts})
         if out is None:
             return web.json({"error": "unknown account", "account_id": account_id}, status=404)
         out.value["decided_at"] = wall_ms()
         return web.json(out.value)
+
+    routed = app.table_route(table=mapp.accounts, match_info="account_id")(local_status)
+
+    @app.page("/accounts/{account_id}")
+    async def account_status(web, request, account_id: str):
+        if not authorized(request):
+            return web.json({"error": "unauthorized"}, status=401)
+        if not ready():
+            return web.json({"error": "not ready: tables recovering or rebalancing"}, status=503)
+        try:
+            return await routed(web, request, account_id=account_id)
+        except (TypeError, KeyError, AssertionError) as exc:  # routing table/metadata not known yet
+            log.info("GET /accounts/%s not routable yet: %r", account_id, exc)
+            return web.json({"error": "not ready: partition owner unknown"}, status=503)
 
     @app.page("/healthz")
     async def healthz(web, request):
@@ -50,10 +75,12 @@ def attach_pages(mapp) -> None:
 
     @app.page("/readyz")
     async def readyz(web, request):
-        recovering = bool(getattr(app, "in_recovery", False)) or bool(app.rebalancing)
-        body = {"ready": not recovering, "recovering": bool(getattr(app, "in_recovery", False)),
-                "rebalancing": bool(app.rebalancing), "partitions": sorted(mapp.processors)}
-        return web.json(body, status=503 if recovering else 200)
+        ok = ready()
+        body = {"ready": ok, "recovering": bool(getattr(mapp, "health", None) and mapp.health.recovering)
+                or bool(getattr(app, "in_recovery", False)),
+                "rebalancing": bool(app.rebalancing), "partitions": sorted(mapp.processors),
+                "assigned": sorted(getattr(getattr(mapp, "health", None), "assigned", ()))}
+        return web.json(body, status=200 if ok else 503)
 
     @app.page("/metrics")
     async def metrics(web, request):

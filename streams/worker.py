@@ -1,14 +1,127 @@
-"""Run the stream worker: create topics, start the sequencer and the faust app."""
+"""Run the stream worker: create topics, start the sequencer and the faust app.
+
+The worker also runs the stall watchdog (:class:`StallWatchdog`): faust can stay
+alive without consuming, e.g. stuck in rebalance loops after a broker restart
+(faust-streaming issues #594, #602), and only a restart by the supervisor helps.
+"""
 from __future__ import annotations
 
 import asyncio
 import logging
 import os
 import sys
+import threading
+import time
+from typing import Callable
 
 from .settings import Settings
 
 log = logging.getLogger("marginwatch.worker")
+
+#: exit status of the worker when the stall watchdog fires (the sequencer failing exits with 3)
+STALL_EXIT_CODE = 4
+#: while starting, rebalancing or recovering tables the watchdog waits this many timeouts
+BUSY_FACTOR = 5.0
+
+
+class StallWatchdog:
+    """Decides when the worker is stalled; :meth:`check` returns why, or None.
+
+    ``probe()`` returns an object with ``pending`` (sequenced messages not yet
+    committed on the assigned partitions), ``last_progress`` (``clock()`` time of the last
+    handled input) and ``busy`` (starting, rebalancing, recovering tables or
+    rebuilding an engine). The worker is stalled when
+
+    - inputs are pending, it is not busy, and no input was handled for longer than
+      ``timeout_s`` — counted from the latest of: the last handled input, the
+      first check that saw input pending, the end of the last busy period (so an
+      input arriving after a long idle time, or after a recovery, gets the whole
+      timeout); or
+    - it has been busy without a break for longer than ``busy_factor × timeout_s``
+      (a rebalance loop restarts recovery over and over: each is short, together
+      they never end).
+
+    Call :meth:`check` periodically (the worker: every ``min(1, timeout/5)`` s).
+    """
+
+    def __init__(self, timeout_s: float, probe: Callable[[], object], clock: Callable[[], float] = time.time,
+                 busy_factor: float = BUSY_FACTOR) -> None:
+        if timeout_s <= 0:
+            raise ValueError("timeout_s must be > 0")
+        self.timeout_s = float(timeout_s)
+        self.busy_limit_s = float(timeout_s) * busy_factor
+        self.probe = probe
+        self.clock = clock
+        self._busy_since: float | None = None
+        self._idle_since: float | None = None  # end of the last busy period
+        self._pending_since: float | None = None
+
+    @property
+    def interval_s(self) -> float:
+        return min(1.0, self.timeout_s / 5)
+
+    def check(self) -> str | None:
+        now = self.clock()
+        state = self.probe()
+        if state.busy:
+            self._pending_since = None
+            if self._busy_since is None:
+                self._busy_since = now
+            busy_for = now - self._busy_since
+            if busy_for > self.busy_limit_s:
+                return (f"starting/rebalancing/recovering for {busy_for:.0f}s without a break "
+                        f"(limit {self.busy_limit_s:.0f}s = {self.busy_limit_s / self.timeout_s:g} x MW_STALL_TIMEOUT_S)")
+            return None
+        if self._busy_since is not None:
+            self._busy_since = None
+            self._idle_since = now
+        if state.pending <= 0:
+            self._pending_since = None
+            return None
+        if self._pending_since is None:
+            self._pending_since = now
+        since = max(state.last_progress, self._pending_since, self._idle_since or 0.0)
+        stalled_for = now - since
+        if stalled_for > self.timeout_s:
+            return (f"{state.pending} sequenced messages pending and no input handled for {stalled_for:.0f}s "
+                    f"(MW_STALL_TIMEOUT_S={self.timeout_s:g})")
+        return None
+
+
+def run_watchdog(watchdog: StallWatchdog, exit: Callable[[int], object] = os._exit,
+                 stop: threading.Event | None = None) -> None:
+    """Check every ``watchdog.interval_s`` until ``stop`` is set; on a stall log one
+    line and ``exit(4)``. Blocking: run it in a thread (:func:`start_watchdog`), so
+    that it also fires when the event loop itself is stuck."""
+    stop = stop or threading.Event()
+    log.info("stall watchdog: exits %d when sequenced input is pending and none is handled for %gs "
+             "(or after %gs of starting/rebalancing/recovering)", STALL_EXIT_CODE, watchdog.timeout_s,
+             watchdog.busy_limit_s)
+    while not stop.wait(watchdog.interval_s):
+        try:
+            reason = watchdog.check()
+        except Exception:  # a broken probe must not kill the worker, nor the watchdog
+            log.exception("stall watchdog: check failed")
+            continue
+        if reason:
+            log.critical("stall watchdog: worker stalled: %s; exiting with status %d for the supervisor to restart it",
+                         reason, STALL_EXIT_CODE)
+            for handler in logging.getLogger().handlers:
+                try:
+                    handler.flush()
+                except Exception:
+                    pass
+            sys.stdout.flush()
+            sys.stderr.flush()
+            exit(STALL_EXIT_CODE)
+            return
+
+
+def start_watchdog(watchdog: StallWatchdog, exit: Callable[[int], object] = os._exit) -> threading.Thread:
+    """Run :func:`run_watchdog` in a daemon thread."""
+    thread = threading.Thread(target=run_watchdog, args=(watchdog, exit), name="stall-watchdog", daemon=True)
+    thread.start()
+    return thread
 
 
 def run_worker(args) -> int:
@@ -38,6 +151,13 @@ def run_worker(args) -> int:
         except Exception:  # the supervisor restarts us: never run without the sequencer
             log.exception("sequencer failed; stopping the worker")
             os._exit(3)
+
+    @app.task
+    async def stall_watchdog():  # started with the app; the checks run in their own thread
+        if settings.stall_timeout_s <= 0:
+            log.warning("stall watchdog: disabled (MW_STALL_TIMEOUT_S=%g)", settings.stall_timeout_s)
+            return
+        start_watchdog(StallWatchdog(settings.stall_timeout_s, mapp.health.probe, clock=mapp.metrics.clock))
 
     @app.on_after_configured.connect
     def _noop(app_, **kwargs):  # keep faust's configuration hook quiet

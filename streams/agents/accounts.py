@@ -9,21 +9,29 @@ exactly-once), ack the batch, all without a commit in between.
 The in-memory engine of a partition is rebuilt from the tables the first time the
 partition is processed after an assignment (recovery has completed by then: faust
 resumes streams only after it), and dropped when the partition is revoked.
+
+:class:`Health` feeds the metrics that are not per event: readiness and table
+recovery (``marginwatch_recovering``, ``..._table_recovery_duration_seconds``),
+rebalances, the consumer lag of the sequenced partitions; ``/readyz`` and the
+stall watchdog of :mod:`streams.worker` read it.
 """
 from __future__ import annotations
 
 import asyncio
 import logging
 import time
+from dataclasses import dataclass
 
+import numpy as np
 import orjson
 
 from ..margin import records
 from ..margin.events import MarkTick
+from ..metrics import SEQUENCED_LAG_TOPIC, STATES
 from ..pipeline import PartitionProcessor, new_engine, load_seed
 from ..replay import stamp
 from ..topics import SOURCE_HEADER
-from .ordering import ACCEPT, OffsetGuard, committed_offset
+from .ordering import ACCEPT, OUT_OF_ORDER, OffsetGuard, committed_offset
 
 log = logging.getLogger(__name__)
 SEP = "\x1f"
@@ -204,18 +212,239 @@ def _keep_explicit_partitions(app, topics: set[str]) -> None:
     consumer.key_partition = key_partition
 
 
+@dataclass(frozen=True)
+class Probe:
+    """What the stall watchdog reads (see :class:`streams.worker.StallWatchdog`)."""
+
+    pending: int  # sequenced messages not committed yet on the assigned partitions (0 when unknown)
+    last_progress: float  # metrics clock (wall s) of the last handled input
+    busy: bool  # starting, rebalancing, recovering tables or rebuilding an engine
+
+
+class Health:
+    """Readiness, table recovery, rebalances and consumer lag of the margin agent.
+
+    *Recovering* (``marginwatch_recovering`` = 1, ``/readyz`` 503) lasts from
+    start-up or the start of a rebalance (partitions revoked) until faust has
+    restored the tables and resumed the streams (``app.rebalancing`` false again)
+    **and** every assigned sequenced partition with pending input has its engine
+    rebuilt from the committed changelog (:func:`build_processor`, run by the agent
+    on the partition's first batch). The recovery duration counts from the
+    assignment. A partition whose high watermark is still unknown
+    :attr:`UNKNOWN_HW_GRACE_S` after the streams resumed is not waited for.
+
+    Lag of a sequenced partition (the metric) = high watermark − position: the
+    high watermark is the larger of faust's (from fetch responses) and an
+    ``end_offsets`` query of a group-less consumer every
+    :attr:`END_OFFSETS_INTERVAL_S` (a wedged faust consumer stops updating its
+    own); the position is the last processed offset + 1, or the committed offset
+    before the partition's first batch.
+
+    :meth:`probe` (the stall watchdog's view, called from the watchdog's thread, so
+    it reads plain attributes and never awaits) counts as pending what is not
+    *committed* yet: a batch applied but stuck in its sends or commit is pending.
+    """
+
+    UNKNOWN_HW_GRACE_S = 5.0
+    END_OFFSETS_INTERVAL_S = 5.0
+
+    def __init__(self, mapp) -> None:
+        self.mapp = mapp
+        self.app = mapp.app
+        self.metrics = mapp.metrics
+        self.topic = mapp.sequenced.get_topic_name()
+        self.assigned: frozenset[int] = frozenset()
+        self.lag: dict[int, int] = {}
+        self.builds_in_flight = 0
+        self._assigned_at: float | None = None
+        self._resumed_at: float | None = None
+        self._build_s = 0.0
+        self._built: list[int] = []
+        self._end_offsets: dict[int, int] = {}
+        self._end_offsets_at = 0.0
+        self._probe_consumer = None
+        self.metrics.recovery_started()  # start-up: not ready before the first assignment is recovered
+
+    # ------------------------------------------------------------- signals
+    @property
+    def recovering(self) -> bool:
+        return self.metrics.is_recovering
+
+    def ready(self) -> bool:
+        return not (self.recovering or self.app.rebalancing or getattr(self.app, "in_recovery", False))
+
+    def on_revoked(self) -> None:
+        """A rebalance started (faust sends one revoke signal per rebalance)."""
+        self.metrics.observe_rebalance()
+        if not self.recovering:
+            self.metrics.recovery_started()
+
+    def on_assigned(self, partitions: set[int]) -> None:
+        """The new assignment of sequenced partitions: the recovery of its tables starts now."""
+        for p in self.assigned - partitions:
+            self.metrics.forget_partition(p, SEQUENCED_LAG_TOPIC)
+            self.lag.pop(p, None)
+            self._end_offsets.pop(p, None)
+        self.assigned = frozenset(partitions)
+        self._assigned_at = time.monotonic()
+        self._resumed_at = None
+        self._build_s = 0.0
+        self._built = []
+        self.metrics.recovery_started()  # the duration counts from the assignment
+
+    def build_started(self) -> None:
+        self.builds_in_flight += 1
+
+    def build_finished(self, partition: int, seconds: float) -> None:
+        self.builds_in_flight -= 1
+        if self.recovering:
+            self._build_s += seconds
+            self._built.append(partition)
+
+    # ----------------------------------------------------------------- lag
+    def _tp(self, partition: int):
+        from faust.types import TP
+
+        return TP(self.topic, partition)
+
+    def _committed(self, partition: int) -> int:
+        """faust's last committed offset of the partition (0 when none or not known yet)."""
+        committed = getattr(self.app.consumer, "_committed_offset", {}).get(self._tp(partition))
+        return committed if committed is not None and committed > 0 else 0
+
+    def _position(self, partition: int) -> int:
+        last = self.mapp.last_offsets.get(partition)
+        if last is not None:
+            return last + 1
+        return self._committed(partition)
+
+    def _highwater(self, partition: int) -> int | None:
+        try:
+            hw = self.app.consumer.highwater(self._tp(partition))
+        except Exception:  # not assigned (any more), consumer not started
+            hw = None
+        probed = self._end_offsets.get(partition)
+        if hw is None or (probed is not None and probed > hw):
+            return probed
+        return hw
+
+    async def _probe_end_offsets(self) -> None:
+        """End offsets of the assigned sequenced partitions, from a group-less consumer."""
+        if not self.assigned:
+            return
+        from aiokafka import AIOKafkaConsumer, TopicPartition
+
+        from ..topics import bootstrap, kafka_security
+
+        try:
+            if self._probe_consumer is None:
+                consumer = AIOKafkaConsumer(
+                    bootstrap_servers=bootstrap(self.mapp.settings), enable_auto_commit=False,
+                    **kafka_security(self.mapp.settings),
+                )
+                self._probe_consumer = consumer
+                await asyncio.wait_for(consumer.start(), 10)
+            assigned = self.assigned
+            tps = [TopicPartition(self.topic, p) for p in sorted(assigned)]
+            end = await asyncio.wait_for(self._probe_consumer.end_offsets(tps), 10)
+            if assigned == self.assigned:
+                self._end_offsets.update({tp.partition: off for tp, off in end.items()})
+        except Exception as exc:  # broker away: keep the last values, try again later
+            log.debug("end offsets of %s not available: %r", self.topic, exc)
+            await self.close()
+
+    async def close(self) -> None:
+        consumer, self._probe_consumer = self._probe_consumer, None
+        if consumer is not None:
+            try:
+                await asyncio.wait_for(consumer.stop(), 5)
+            except Exception:
+                pass
+
+    async def refresh(self) -> None:
+        """Update the lag of every assigned sequenced partition; end the recovery when due."""
+        now = time.monotonic()
+        if now - self._end_offsets_at >= self.END_OFFSETS_INTERVAL_S:
+            self._end_offsets_at = now
+            await self._probe_end_offsets()
+        unknown = []
+        for p in sorted(self.assigned):
+            hw = self._highwater(p)
+            if hw is None:
+                self.lag.pop(p, None)
+                unknown.append(p)
+                continue
+            lag = max(0, hw - self._position(p))
+            self.lag[p] = lag
+            self.metrics.set_lag(SEQUENCED_LAG_TOPIC, p, lag)
+        if self.recovering:
+            self._maybe_finish_recovery(time.monotonic(), unknown)
+
+    def _maybe_finish_recovery(self, now: float, unknown: list[int]) -> None:
+        if self._assigned_at is None or self.app.rebalancing or getattr(self.app, "in_recovery", False):
+            return
+        if self._resumed_at is None:
+            self._resumed_at = now
+        if self.builds_in_flight:
+            return
+        waiting = [p for p, lag in self.lag.items() if lag > 0 and p not in self.mapp.processors]
+        if waiting or (unknown and now - self._resumed_at < self.UNKNOWN_HW_GRACE_S):
+            return
+        self.metrics.recovery_finished(now - self._assigned_at)
+        log.info(
+            "recovery complete in %.3fs: sequenced partitions %s; tables restored after %.3fs, "
+            "%d engines rebuilt in %.3fs", now - self._assigned_at, sorted(self.assigned),
+            self._resumed_at - self._assigned_at, len(self._built), self._build_s,
+        )
+
+    def uncommitted(self) -> int:
+        """Sequenced messages not committed yet on the assigned partitions (high
+        watermark − committed offset), computed now: safe from another thread."""
+        pending = 0
+        for p in tuple(self.assigned):
+            hw = self._highwater(p)
+            if hw is not None:
+                pending += max(0, hw - self._committed(p))
+        return pending
+
+    def probe(self) -> Probe:
+        return Probe(
+            pending=self.uncommitted(),
+            last_progress=self.metrics.last_progress_s,
+            busy=not self.ready() or self.builds_in_flight > 0,
+        )
+
+
+def isolated_state_counts(engine) -> dict[str, int]:
+    """Open isolated positions of a partition engine by state (for the metrics gauge)."""
+    counts = np.zeros(len(STATES), np.int64)
+    for col in engine.index.symbols.values():
+        k = col.n
+        if k:
+            iso = col.iso[:k]
+            if iso.any():
+                counts += np.bincount(col.iso_state[:k][iso], minlength=len(STATES))[: len(STATES)]
+    return {state: int(counts[i]) for i, state in enumerate(STATES)}
+
+
 def attach_margin_agent(mapp) -> None:
     app = mapp.app
     metrics = mapp.metrics
     settings = mapp.settings
     written: dict[int, dict] = {}
+    health = mapp.health = Health(mapp)  # read by web.py (/readyz) and the stall watchdog (worker.py)
     guard = OffsetGuard()
 
     async def processor(p: int) -> PartitionProcessor:
         proc = mapp.processors.get(p)
         if proc is None:
-            proc = mapp.processors[p] = await build_processor(mapp, p)
-            guard.start(p, await committed_offset(mapp, p))
+            health.build_started()
+            t0 = time.perf_counter()
+            try:
+                proc = mapp.processors[p] = await build_processor(mapp, p)
+                guard.start(p, await committed_offset(mapp, p))
+            finally:
+                health.build_finished(p, time.perf_counter() - t0)
             written[p] = {"params_version": proc.engine.params_version}
         return proc
 
@@ -235,7 +464,11 @@ def attach_margin_agent(mapp) -> None:
                     touched[p] = proc
                     order = guard.check(p, msg.offset)
                     if order != ACCEPT:
-                        log.info("partition %d offset %d %s (expected %s)", p, msg.offset, order, guard.expected.get(p))
+                        if order == OUT_OF_ORDER and guard.needs_seek(p):
+                            # the consumer resumed past records nobody applied: go back for them
+                            log.warning("partition %d: got offset %d, expected %d; seeking back",
+                                        p, msg.offset, guard.expected[p])
+                            await app.consumer.seek(msg.tp, guard.expected[p])
                         continue
                     guard.advance(p, msg.offset)
                     headers = dict(msg.headers or ())
@@ -271,8 +504,9 @@ def attach_margin_agent(mapp) -> None:
                 mapp.processors.pop(tp.partition, None)
                 written.pop(tp.partition, None)
                 guard.forget(tp.partition)
-                metrics.forget_partition(tp.partition)
-        metrics.observe_rebalance()
+                mapp.last_offsets.pop(tp.partition, None)  # consumer lag: the next owner moves it on
+                metrics.forget_partition(tp.partition, SEQUENCED_LAG_TOPIC)
+        health.on_revoked()
 
     held: set[int] = set()
 
@@ -283,26 +517,34 @@ def attach_margin_agent(mapp) -> None:
             purge_partition(mapp, p)
         held.clear()
         held.update(now)
+        health.on_assigned(now)
+
+    @app.on_before_shutdown.connect
+    async def close_health(app_, **kwargs):  # noqa: ANN001
+        await health.close()
+
+    @app.timer(interval=1.0)
+    async def refresh_health():
+        try:
+            await health.refresh()
+        except Exception:  # a metrics timer must never die
+            log.exception("refreshing consumer lag / recovery state failed")
 
     @app.timer(interval=5.0)
     async def refresh_gauges():
-        counts = {"healthy": 0, "margin_call": 0, "liquidation": 0}
-        positions = 0
-        accounts = 0
-        for p, proc in list(mapp.processors.items()):
-            for k, v in records.state_counts(proc.engine).items():
-                counts[k] += v
-            accounts += len(proc.engine.accounts)
-            positions += sum(len(s.book.positions) for s in proc.engine.accounts.values())
-            tp = _tp(mapp, p)
-            hw = app.consumer.highwater(tp) if tp is not None else None
-            if hw is not None and p in mapp.last_offsets:
-                metrics.set_lag(mapp.sequenced.get_topic_name(), p, max(0, hw - mapp.last_offsets[p] - 1))
-        metrics.set_account_states(counts)
-        metrics.set_held(accounts, positions)
-
-
-def _tp(mapp, partition: int):
-    from faust.types import TP
-
-    return TP(mapp.sequenced.get_topic_name(), partition)
+        try:
+            counts = dict.fromkeys(STATES, 0)
+            isolated = dict.fromkeys(STATES, 0)
+            positions = 0
+            accounts = 0
+            for p, proc in list(mapp.processors.items()):
+                for k, v in records.state_counts(proc.engine).items():
+                    counts[k] += v
+                for k, v in isolated_state_counts(proc.engine).items():
+                    isolated[k] += v
+                accounts += len(proc.engine.accounts)
+                positions += sum(len(s.book.positions) for s in proc.engine.accounts.values())
+            metrics.set_account_states(counts, isolated)
+            metrics.set_held(accounts, positions)
+        except Exception:
+            log.exception("refreshing the state gauges failed")
