@@ -140,17 +140,18 @@ class PartitionEngine:
         self.market.marks[tick.symbol] = tick.mark_price
         self._dirty_globals = True
         mark_f = float(tick.mark_price)
-        mask = np.zeros(len(self.index.ids), bool)
+        idx = self.index
+        mask = np.zeros(len(idx.ids), bool)
         iso = []
-        if tick.symbol in self.index.symbols:
-            slots = self.index.set_mark(tick.symbol, mark_f)
-            col = self.index.symbols[tick.symbol]
-            mask[col.rows[slots]] = True
-            iso.append((col, slots[col.iso[slots]]))
+        col = idx.symbols.get(tick.symbol)
+        if col is not None:
+            sl = idx.set_mark(tick.symbol, mark_f)
+            mask[col.rows[sl]] = True
+            iso.append((col, np.flatnonzero(col.iso[sl])))
         for asset, rec in self.market.assets.items():
             if rec.price_symbol == tick.symbol:
-                self.index.add_asset(asset, mark_f, float(rec.haircut))
-                mask[self.index.rows_exposed_to(asset)] = True
+                idx.add_asset(asset, mark_f, float(rec.haircut))
+                mask[idx.rows_exposed_to(asset)] = True
         rows = np.flatnonzero(mask)
         cause = {"topic": tick.topic, "id": tick.cause_id, "ts": tick.ts}
         return ApplyResult(APPLIED, self._evaluate(rows, iso, cause, ts, {}))
@@ -170,9 +171,8 @@ class PartitionEngine:
                 col.mark = float(self.market.marks[p.symbol])  # a mark that came before its params
             if col.n:
                 self.index.recompute_symbol(p.symbol)
-                slots = np.arange(col.n)
-                mask[col.rows[slots]] = True
-                iso.append((col, slots[col.iso[slots]]))
+                mask[col.rows[: col.n]] = True
+                iso.append((col, np.flatnonzero(col.iso[: col.n])))
         else:
             rec = CollateralAsset.from_params(p)
             self.market.assets[p.asset] = rec
@@ -282,24 +282,79 @@ class PartitionEngine:
                     scopes.add(symbol)
         return scopes
 
+    def _add_balance_asset(self, asset: str) -> None:
+        price = self.market.asset_price(asset)
+        rec = self.market.assets.get(asset)
+        self.index.add_asset(asset, math.nan if price is None else float(price), float(rec.haircut) if rec else 0.0)
+
     def _sync_row(self, row: int, state: AccountState) -> None:
         """Mirror the account's exact book into the arrays."""
         book = state.book
+        idx = self.index
         for asset in book.balances:
-            if asset not in self.index.asset_col:
-                price = self.market.asset_price(asset)
-                rec = self.market.assets.get(asset)
-                self.index.add_asset(asset, math.nan if price is None else float(price), float(rec.haircut) if rec else 0.0)
-        self.index.set_balances(row, {a: float(v) for a, v in book.balances.items()})
-        for symbol in list(self.index.held[row]):
+            if asset not in idx.asset_col:
+                self._add_balance_asset(asset)
+        idx.set_balances(row, {a: float(v) for a, v in book.balances.items()})
+        for symbol in list(idx.held[row]):
             if symbol not in book.positions:
-                self.index.remove_position(row, symbol)
+                idx.remove_position(row, symbol)
         for symbol, p in book.positions.items():
-            col = self.index.symbols[symbol]
+            col = idx.symbols[symbol]
             slot = col.slot_of.get(row)
             iso_state = int(col.iso_state[slot]) if (slot is not None and p.isolated) else 0
-            self.index.set_position(row, symbol, float(p.qty), float(p.entry) if p.entry else 0.0,
-                                    float(p.last_price), p.isolated, float(p.isolated_margin), iso_state)
+            idx.set_position(row, symbol, float(p.qty), float(p.entry) if p.entry else 0.0,
+                             float(p.last_price), p.isolated, float(p.isolated_margin), iso_state)
+
+    def sync_rows(self, items: list[tuple[int, AccountState]]) -> None:
+        """``_sync_row`` of many accounts at once (bulk loading, ``records.restore``).
+
+        Rows that hold nothing in the index yet are loaded per symbol in one pass
+        (``ColumnarIndex.load_symbol``): their slots come in the order of ``items``,
+        and every value has the same bits as one ``_sync_row`` per account would give.
+        Other rows take ``_sync_row``.
+        """
+        idx = self.index
+        for _, state in items:
+            for asset in state.book.balances:
+                if asset not in idx.asset_col:
+                    self._add_balance_asset(asset)
+        fresh: list[tuple[int, AccountState]] = []
+        seen_rows: set[int] = set()
+        for row, state in items:
+            if idx.held[row] or row in seen_rows:
+                self._sync_row(row, state)
+            else:
+                seen_rows.add(row)
+                fresh.append((row, state))
+        if not fresh:
+            return
+        idx.bal[:, np.fromiter((r for r, _ in fresh), np.int64, len(fresh))] = 0.0
+        balances: dict[int, tuple[list, list]] = {}
+        positions: dict[str, tuple[list, ...]] = {}
+        asset_col = idx.asset_col
+        for row, state in fresh:
+            book = state.book
+            for a, v in book.balances.items():
+                t = balances.get(a)
+                if t is None:
+                    t = balances[a] = ([], [])
+                t[0].append(row)
+                t[1].append(float(v))
+            for symbol, p in book.positions.items():
+                t = positions.get(symbol)
+                if t is None:
+                    t = positions[symbol] = ([], [], [], [], [], [])
+                t[0].append(row)
+                t[1].append(float(p.qty))
+                t[2].append(float(p.entry) if p.entry else 0.0)
+                t[3].append(float(p.last_price))
+                t[4].append(p.isolated)
+                t[5].append(float(p.isolated_margin))
+        for a, (rs, vs) in balances.items():
+            idx.bal[asset_col[a], rs] = vs
+        for symbol, (rs, q, e, lp, iso, im) in positions.items():
+            idx.load_symbol(symbol, np.array(rs, np.int64), np.array(q), np.array(e), np.array(lp),
+                            np.array(iso, bool), np.array(im), np.zeros(len(rs), np.int8))
 
     # -- evaluation and decisions --------------------------------------------------------
     def _evaluate(self, rows: np.ndarray, iso: list, cause: dict, ts: int, changed: dict[int, set[str]]) -> list[Output]:
@@ -311,47 +366,43 @@ class PartitionEngine:
             if not len(slots):
                 continue
             equity, mm, near = idx.evaluate_isolated(col, slots)
-            prev = col.iso_state[slots].copy()
+            prev = col.iso_state[slots]
             new = idx.decide(equity, mm, prev)
-            for i in np.flatnonzero(near):
+            for i in np.flatnonzero(near).tolist():
                 new[i] = self._exact_isolated_state(col, int(slots[i]), int(prev[i]))
-            for i in np.flatnonzero(new != prev):
+            for i in np.flatnonzero(new != prev).tolist():
                 r = int(col.rows[slots[i]])
                 transitions.setdefault(r, []).append((col.inst.symbol, int(prev[i]), int(new[i])))
             col.iso_state[slots] = new
         # cross scopes, including every row with an isolated transition (for its status)
         if transitions:
-            rows = np.union1d(rows, np.fromiter(transitions.keys(), np.int64))
+            rows = _merge_sorted(rows, transitions.keys())
         if not len(rows):
             return []
-        ce = idx.evaluate_cross(rows)
-        prev = idx.cross_state[rows].copy()
-        new = idx.decide(ce.equity, ce.mm, prev)
-        for i in np.flatnonzero(ce.near):
+        prev = idx.cross_state[rows]
+        ce = idx.evaluate_cross(rows, prev)
+        new = ce.state
+        for i in np.flatnonzero(ce.near).tolist():
             new[i] = self._exact_cross_state(int(rows[i]), int(prev[i]))
-        for i in np.flatnonzero(new != prev):
+        for i in np.flatnonzero(new != prev).tolist():
             transitions.setdefault(int(rows[i]), []).insert(0, (CROSS_SCOPE, int(prev[i]), int(new[i])))
         idx.cross_state[rows] = new
         # margin-status triggers (vectorized): state changed, book changed or ratio moved
-        with np.errstate(divide="ignore", invalid="ignore"):
-            ratio = np.where(ce.mm == 0, 0.0, np.where(ce.equity > 0, ce.mm / ce.equity, np.nan))
+        ratio = ce.ratio
         last_ratio = idx.emit_ratio[rows]
-        never = idx.emit_ts[rows] < 0
-        moved = np.where(
-            np.isnan(ratio) | np.isnan(last_ratio),
-            np.isnan(ratio) != np.isnan(last_ratio),
-            np.abs(ratio - last_ratio) >= float(cfg.status_ratio_step),
-        )
+        emit_ts = idx.emit_ts[rows]
+        never = emit_ts < 0
+        r_nan, l_nan = np.isnan(ratio), np.isnan(last_ratio)
+        with np.errstate(invalid="ignore"):
+            moved = np.where(r_nan | l_nan, r_nan != l_nan, np.abs(ratio - last_ratio) >= float(cfg.status_ratio_step))
         trig = never | idx.book_dirty[rows] | moved
-        allowed = never | (ts - idx.emit_ts[rows] >= cfg.status_interval_ms)
-        emit = trig & allowed
-        state_rows = set(transitions)
-        liq_rows = {r for r, scopes in changed.items() if scopes}
-        candidates = np.flatnonzero(emit)
-        emitting = {int(rows[i]): int(i) for i in candidates}
-        pos_of = {int(r): int(i) for i, r in enumerate(rows)} if (state_rows or liq_rows) else {}
-        for r in state_rows | liq_rows:
-            emitting.setdefault(r, pos_of[r])
+        emit = trig & (never | (ts - emit_ts >= cfg.status_interval_ms))
+        emitting = {int(rows[i]): i for i in np.flatnonzero(emit).tolist()}
+        extra = [r for r in transitions if r not in emitting]
+        extra += [r for r, scopes in changed.items() if scopes and r not in emitting and r not in transitions]
+        if extra:
+            for r, i in zip(extra, np.searchsorted(rows, extra).tolist()):
+                emitting[r] = i
         if not emitting:
             return []
         outputs: list[Output] = []
@@ -359,7 +410,7 @@ class PartitionEngine:
             i = emitting[r]
             account_id = idx.ids[r]
             outputs.extend(self._account_outputs(r, account_id, transitions.get(r, []), changed.get(r, set()),
-                                                 ce, i, cause, ts, bool(emit[i]) or r in state_rows))
+                                                 ce, i, cause, ts, bool(emit[i]) or r in transitions))
             self._dirty_accounts.add(account_id)
         return outputs
 
@@ -432,6 +483,19 @@ class PartitionEngine:
 
 
 _ID_FIELD = {FILLS: "fill_id", COLLATERAL: "event_id", ACCOUNT_SNAPSHOTS: "snapshot_id"}
+
+
+def _merge_sorted(rows: np.ndarray, extra) -> np.ndarray:
+    """Sorted unique ``rows`` plus ``extra`` (a few row ids), still sorted and unique."""
+    extra = np.unique(np.fromiter(extra, np.int64))
+    if not len(rows):
+        return extra
+    pos = np.searchsorted(rows, extra)
+    hit = pos < len(rows)
+    hit[hit] = rows[pos[hit]] == extra[hit]
+    if hit.all():
+        return rows
+    return np.insert(rows, pos[~hit], extra[~hit])
 
 
 def _scope_order(scope: str) -> tuple[int, str]:

@@ -6,7 +6,9 @@ The :class:`ColumnarIndex` mirrors the exact books of one partition in arrays:
   the values last computed at its mark (notional, uPnL, MM, term magnitude);
 * per settle asset, column-major matrices ``U`` (uPnL), ``M`` (MM) and ``G`` (sum of
   term magnitudes) with one column per symbol settled in it, cross positions only;
-* per asset, the cross balances ``bal``.
+* per asset, the cross balances ``bal``;
+* per row, ``ntc``: how many of its cross positions lie near a tier bound (an
+  integer count, exact, so it does not depend on the order it was kept in).
 
 Every float value of an account is a pure function of its book, the marks and the
 parameters, summed in a fixed order (asset column order, then symbol column
@@ -14,6 +16,15 @@ order), never accumulated across events: so the worker, a replay and a worker
 rebuilt from its changelog compute the same bits. Decisions are screened in
 floats; an account within ``NEAR`` (relative to the magnitude of its terms) of a
 threshold is flagged for the exact decimal reference.
+
+Three implementations compute the same values with the same IEEE operations in the
+same order, so they give the same bits and any of them may serve any call:
+
+* blocks of ``BLOCK`` rows/slots (numpy), so each block's working set stays in
+  cache — a contiguous run of rows is read through views, never copied;
+* arbitrary row sets gathered block by block with ``np.take`` (C-contiguous);
+* at most ``SMALL`` rows or slots: plain Python floats (``+ − × ÷`` on doubles are
+  correctly rounded in numpy and in Python alike), for single-account events.
 """
 from __future__ import annotations
 
@@ -26,6 +37,8 @@ from .instruments import Instrument
 
 NEAR = 1e-9  # relative screening band around every threshold
 _MIN_WIDTH = 4
+BLOCK = 16384  # rows (or slots) per block of the vectorized loops
+SMALL = 4  # at most this many rows (or slots): the scalar path
 
 
 def _width(count: int) -> int:
@@ -34,6 +47,11 @@ def _width(count: int) -> int:
     while w < count:
         w *= 2
     return w
+
+
+def _blocks(start: int, stop: int):
+    for b in range(start, stop, BLOCK):
+        yield b, min(stop, b + BLOCK)
 
 
 class SymbolColumn:
@@ -47,35 +65,64 @@ class SymbolColumn:
         self.inverse = inst.inverse
         self.slot_of: dict[int, int] = {}
         self.n = 0
-        cap = 16
-        self.rows = np.zeros(cap, np.int64)
-        self.qty = np.zeros(cap)
-        self.entry = np.zeros(cap)  # e (linear) or 1/e (inverse)
-        self.lastp = np.zeros(cap)  # last fill price, the mark until the first mark
-        self.iso = np.zeros(cap, bool)
-        self.iso_margin = np.zeros(cap)
-        self.iso_state = np.zeros(cap, np.int8)
-        self.notional = np.zeros(cap)
-        self.upnl = np.zeros(cap)
-        self.mm = np.zeros(cap)
-        self.gross = np.zeros(cap)
-        self.near_tier = np.zeros(cap, bool)
+        self._alloc(16)
         self.mark: float = math.nan
 
-    _ARRAYS = ("rows", "qty", "entry", "lastp", "iso", "iso_margin", "iso_state", "notional", "upnl", "mm", "gross", "near_tier")
+    # rows..near_tier: the position and its values; crossf: 1.0 for a cross position, 0.0 for an
+    # isolated one (its factor in the cross matrices); counted: cross & near_tier as counted in the
+    # index's per-row ``ntc`` (kept with the slot so a removal can uncount it); t_*: the slot's
+    # tier cache (see _compute_block; t_hi = 0 marks it invalid)
+    _ARRAYS = ("rows", "qty", "entry", "lastp", "iso", "iso_margin", "iso_state", "notional", "upnl", "mm", "gross",
+               "near_tier", "crossf", "counted", "t_lo", "t_hi", "t_mmr", "t_amt")
+    _DTYPES = {"rows": np.int64, "iso": bool, "iso_state": np.int8, "near_tier": bool, "counted": bool}
 
-    def _grow(self) -> None:
+    def _alloc(self, cap: int) -> None:
+        for name in self._ARRAYS:
+            setattr(self, name, np.zeros(cap, self._DTYPES.get(name, np.float64)))
+
+    @property
+    def inst(self) -> Instrument:
+        return self._inst
+
+    @inst.setter
+    def inst(self, inst: Instrument) -> None:
+        # tiers may change (kind, settle asset and contract size may not): refresh the float copies
+        self._inst = inst
+        t = inst.tiers
+        self.mmrs, self.amounts, self.imrs = t.mmrs, t.amounts, t.imrs
+        self.mmrs_l, self.amounts_l, self.imrs_l = t.mmrs.tolist(), t.amounts.tolist(), t.imrs.tolist()
+        fin = np.array(t.bounds[:-1], dtype=np.float64)  # the finite bounds (the last tier has none)
+        self.fin = fin
+        self.fin_l = fin.tolist()
+        if len(fin):
+            # the bounds on either side of tier k: fin[max(k-1, 0)] and fin[min(k, len-1)]
+            self.fin_lo = np.concatenate([fin[:1], fin])
+            self.fin_hi = np.concatenate([fin, fin[-1:]])
+        # tier k is certain, and no bound is within NEAR, for N strictly inside
+        # (safe_lo[k], safe_hi[k]): the bounds shrunk by 4·NEAR (N = 0 is never inside)
+        self.safe_lo = np.concatenate([[0.0], fin * (1.0 + 4 * NEAR)])
+        self.safe_hi = np.concatenate([fin * (1.0 - 4 * NEAR), [math.inf]])
+        self.safe_lo_l, self.safe_hi_l = self.safe_lo.tolist(), self.safe_hi.tolist()
+        if hasattr(self, "t_hi"):
+            self.t_hi[:] = 0.0  # the tier caches are stale
+
+    def reserve(self, count: int) -> None:
+        """Capacity for ``count`` slots (doubling)."""
+        cap = len(self.rows)
+        if count <= cap:
+            return
+        while cap < count:
+            cap *= 2
         for name in self._ARRAYS:
             a = getattr(self, name)
-            b = np.zeros(len(a) * 2, a.dtype)
+            b = np.zeros(cap, a.dtype)
             b[: len(a)] = a
             setattr(self, name, b)
 
     def put(self, row: int, qty: float, entry: float, lastp: float, iso: bool, iso_margin: float, iso_state: int) -> int:
         slot = self.slot_of.get(row)
         if slot is None:
-            if self.n == len(self.rows):
-                self._grow()
+            self.reserve(self.n + 1)
             slot = self.n
             self.n += 1
             self.slot_of[row] = slot
@@ -84,9 +131,36 @@ class SymbolColumn:
         self.entry[slot] = 1.0 / entry if (self.inverse and entry) else entry
         self.lastp[slot] = lastp
         self.iso[slot] = iso
+        self.crossf[slot] = 0.0 if iso else 1.0
         self.iso_margin[slot] = iso_margin
         self.iso_state[slot] = iso_state
+        self.t_hi[slot] = 0.0
         return slot
+
+    def append(self, rows: np.ndarray, qty, entry, lastp, iso, iso_margin, iso_state) -> slice:
+        """New slots for ``rows`` (none of them held yet), in the given order; returns them."""
+        k = len(rows)
+        start = self.n
+        self.reserve(start + k)
+        sl = slice(start, start + k)
+        self.rows[sl] = rows
+        self.qty[sl] = qty
+        entry = np.asarray(entry, np.float64)
+        if self.inverse:
+            with np.errstate(divide="ignore"):
+                entry = np.where(entry != 0, 1.0 / np.where(entry != 0, entry, 1.0), entry)
+        self.entry[sl] = entry
+        self.lastp[sl] = lastp
+        self.iso[sl] = iso
+        self.crossf[sl] = np.where(iso, 0.0, 1.0)
+        self.iso_margin[sl] = iso_margin
+        self.iso_state[sl] = iso_state
+        self.near_tier[sl] = False
+        self.counted[sl] = False
+        self.t_hi[sl] = 0.0
+        self.slot_of.update(zip(np.asarray(rows).tolist(), range(start, start + k)))
+        self.n = start + k
+        return sl
 
     def remove(self, row: int) -> None:
         slot = self.slot_of.pop(row, None)
@@ -100,42 +174,161 @@ class SymbolColumn:
             self.slot_of[int(self.rows[slot])] = slot
         self.n = last
 
+    # -- values at the mark ---------------------------------------------------------
     def compute(self, sl: slice | np.ndarray) -> None:
         """Notional, uPnL, MM and term magnitude of the positions ``sl`` at the mark.
 
         linear: ``N = |q|c·m``, ``uPnL = q·c·(m − e)``, terms ``|q|c(m + e)``;
         inverse: ``N = |q|c/m``, ``uPnL = q·c·(1/e − 1/m)``, terms ``|q|c(1/e + 1/m)``;
-        ``MM = N·mmr_k − amount_k`` for the tier k of N.
+        ``MM = N·mmr_k − amount_k`` for the tier k of N (the first with N < bound_k);
+        ``near_tier``: N within NEAR (relative) of a finite bound, where the float tier
+        may differ from the exact one.
         """
+        if isinstance(sl, slice):
+            start, stop, _ = sl.indices(self.n)
+            if stop - start <= SMALL:
+                for s in range(start, stop):
+                    self.compute_one(s)
+                return
+            for b, e in _blocks(start, stop):
+                self._compute_block(slice(b, e))
+            return
+        sl = np.asarray(sl)
+        if len(sl) <= SMALL:
+            for s in sl.tolist():
+                self.compute_one(s)
+            return
+        for b, e in _blocks(0, len(sl)):
+            self._compute_block(sl[b:e])
+
+    def _compute_block(self, sl) -> None:
         q = self.qty[sl]
-        m = self.lastp[sl] if math.isnan(self.mark) else np.full(q.shape, self.mark)
-        aq = np.abs(q) * self.c
+        e = self.entry[sl]
+        c = self.c
+        aq = np.abs(q)
+        aq *= c
+        if math.isnan(self.mark):
+            m = self.lastp[sl]
+            if self.inverse:
+                # a flat isolated slot funded before any fill or mark has no price (0)
+                with np.errstate(divide="ignore", invalid="ignore"):
+                    inv_m = np.where(m > 0, 1.0 / np.where(m > 0, m, 1.0), 0.0)
+        else:
+            m = self.mark
+            inv_m = 1.0 / m if m > 0 else 0.0
         if self.inverse:
-            # a flat isolated slot funded before any fill or mark has no price (0)
-            with np.errstate(divide="ignore", invalid="ignore"):
-                inv_m = np.where(m > 0, 1.0 / np.where(m > 0, m, 1.0), 0.0)
             n = aq * inv_m
-            upnl = q * self.c * (self.entry[sl] - inv_m)
-            gross = aq * (self.entry[sl] + inv_m)
+            upnl = q * c
+            upnl *= e - inv_m
+            gross = e + inv_m
+            gross *= aq
         else:
             n = aq * m
-            upnl = q * self.c * (m - self.entry[sl])
-            gross = aq * (m + self.entry[sl])
-        tiers = self.inst.tiers
-        k = tiers.index_f(n)
-        mm = n * tiers.mmrs[k] - tiers.amounts[k]
-        mm[n == 0] = 0.0
+            upnl = q * c
+            upnl *= m - e
+            gross = m + e
+            gross *= aq
+        # The tier cache: while N stays strictly inside (t_lo, t_hi) the slot keeps its tier
+        # (mmr t_mmr, amount t_amt) and no finite bound is within NEAR of N — the bounds are
+        # shrunk by 4·NEAR, far more than any rounding of N or of the test — so MM is
+        # N·mmr_k − amount_k with the same floats as a fresh lookup, and near_tier is False.
+        mm = n * self.t_mmr[sl]
+        mm -= self.t_amt[sl]
+        ok = n > self.t_lo[sl]
+        ok &= n < self.t_hi[sl]
+        if ok.all():
+            near = False
+        else:
+            near = np.zeros(len(n), bool)
+            bad = np.flatnonzero(~ok)
+            slots = bad + sl.start if isinstance(sl, slice) else sl[bad]
+            k, mm[bad], near[bad] = self._tiers(n[bad])
+            self.t_lo[slots] = self.safe_lo[k]
+            self.t_hi[slots] = self.safe_hi[k]
+            self.t_mmr[slots] = self.mmrs[k]
+            self.t_amt[slots] = self.amounts[k]
         self.notional[sl] = n
         self.upnl[sl] = upnl
         self.mm[sl] = mm
         self.gross[sl] = gross
-        if len(tiers.bounds) > 1:
-            b = tiers.bounds[:-1]
-            # distance to the nearest finite bound, relative: float tier choice may be wrong there
-            d = np.min(np.abs(n[:, None] - b[None, :]), axis=1)
-            self.near_tier[sl] = d <= NEAR * np.maximum(n, 1e-300)
+        self.near_tier[sl] = near
+
+    def _tiers(self, n: np.ndarray):
+        """Tier index, MM and near_tier of notionals ``n`` (the full lookup)."""
+        fin = self.fin
+        if len(fin) == 0:
+            k = np.zeros(len(n), np.intp)
+            near = np.zeros(len(n), bool)
         else:
-            self.near_tier[sl] = False
+            # tier k = number of finite bounds <= N (= searchsorted(bounds, N, "right"), clipped)
+            k = (n >= fin[0]).astype(np.intp)
+            for b in self.fin_l[1:]:
+                k += n >= b
+            # the nearest finite bound is one of the two around tier k
+            d = np.minimum(np.abs(n - self.fin_lo[k]), np.abs(n - self.fin_hi[k]))
+            near = d <= NEAR * np.maximum(n, 1e-300)
+        mm = n * self.mmrs[k] - self.amounts[k]
+        mm[n == 0] = 0.0
+        return k, mm, near
+
+    def _tier_one(self, n: float) -> tuple[int, float, bool]:
+        """``_tiers`` of one notional, in Python floats."""
+        fin = self.fin_l
+        k = 0
+        near = False
+        if fin:
+            for b in fin:
+                if n >= b:
+                    k += 1
+            lo, hi = fin[k - 1 if k else 0], fin[k if k < len(fin) else -1]
+            near = min(abs(n - lo), abs(n - hi)) <= NEAR * max(n, 1e-300)
+        mm = n * self.mmrs_l[k] - self.amounts_l[k] if n != 0 else 0.0
+        return k, mm, near
+
+    def values_one(self, s: int) -> tuple[float, float, float, float, bool, int]:
+        """``compute`` of one slot in Python floats (same operations, same bits):
+        notional, uPnL, MM, term magnitude, near_tier and the tier index."""
+        q = float(self.qty[s])
+        e = float(self.entry[s])
+        c = self.c
+        aq = abs(q) * c
+        m = self.mark
+        if m != m:  # NaN: no mark yet
+            m = float(self.lastp[s])
+        if self.inverse:
+            inv_m = 1.0 / m if m > 0 else 0.0
+            n = aq * inv_m
+            upnl = q * c * (e - inv_m)
+            gross = aq * (e + inv_m)
+        else:
+            n = aq * m
+            upnl = q * c * (m - e)
+            gross = aq * (m + e)
+        k, mm, near = self._tier_one(n)
+        return n, upnl, mm, gross, near, k
+
+    def compute_one(self, s: int) -> None:
+        n, upnl, mm, gross, near, k = self.values_one(s)
+        self.notional[s] = n
+        self.upnl[s] = upnl
+        self.mm[s] = mm
+        self.gross[s] = gross
+        self.near_tier[s] = near
+        self.t_lo[s] = self.safe_lo_l[k]
+        self.t_hi[s] = self.safe_hi_l[k]
+        self.t_mmr[s] = self.mmrs_l[k]
+        self.t_amt[s] = self.amounts_l[k]
+
+    def initial_one(self, s: int) -> float:
+        """IM of one slot, ``N·imr_k`` (0 for N = 0)."""
+        n = float(self.notional[s])
+        if n == 0:
+            return 0.0
+        k = 0
+        for b in self.fin_l:
+            if n >= b:
+                k += 1
+        return n * self.imrs_l[k]
 
     def marks_used(self, slots: np.ndarray) -> np.ndarray:
         return self.lastp[slots] if math.isnan(self.mark) else np.full(len(slots), self.mark)
@@ -143,7 +336,11 @@ class SymbolColumn:
 
 @dataclass
 class CrossEval:
-    """Float values of the cross scope of the evaluated rows."""
+    """Float values of the cross scope of the evaluated rows.
+
+    ``state`` (the float decision, before the exact fallback for ``near`` rows) is
+    set when ``evaluate_cross`` was given the previous states; ``ratio`` is MM/equity
+    (0 when MM = 0, NaN for null)."""
 
     rows: np.ndarray
     equity: np.ndarray
@@ -151,6 +348,8 @@ class CrossEval:
     gross: np.ndarray
     unpriced: np.ndarray  # bool: some asset with a nonzero net has no price
     near: np.ndarray  # bool: too close to a threshold to decide in floats
+    ratio: np.ndarray | None = None
+    state: np.ndarray | None = None
 
 
 class ColumnarIndex:
@@ -161,6 +360,8 @@ class ColumnarIndex:
         self.call_level = call_level
         self.recovery_band = recovery_band
         self.lower_level = call_level - recovery_band
+        lowest = min(1.0, call_level, self.lower_level)
+        self._lowest_level = lowest if 0 < lowest else None  # see _cross_block
         self.row_of: dict[str, int] = {}
         self.ids: list[str] = []
         self.cap = 1024
@@ -170,6 +371,7 @@ class ColumnarIndex:
         self.emit_ts = np.full(self.cap, -1, np.int64)
         self.emit_ratio = np.zeros(self.cap)
         self.book_dirty = np.zeros(self.cap, bool)
+        self.ntc = np.zeros(self.cap, np.int32)  # cross positions near a tier bound, per row
         self.asset_col: dict[str, int] = {}
         self.assets: list[str] = []
         self.price = np.zeros(0)  # per asset column, NaN = unpriced
@@ -180,7 +382,6 @@ class ColumnarIndex:
         self.U: dict[int, np.ndarray] = {}
         self.M: dict[int, np.ndarray] = {}
         self.G: dict[int, np.ndarray] = {}
-        self.Z: dict[int, np.ndarray] = {}  # near a tier bound (bool)
         self.held: dict[int, set[str]] = {}  # row -> symbols in the index
         self.add_asset(valuation_currency, 1.0, 0.0)
 
@@ -191,14 +392,23 @@ class ColumnarIndex:
             return r
         r = len(self.ids)
         if r == self.cap:
-            self._grow_rows()
+            self._grow_rows(r + 1)
         self.ids.append(account_id)
         self.row_of[account_id] = r
         self.held[r] = set()
         return r
 
-    def _grow_rows(self) -> None:
-        new = self.cap * 2
+    def rows_for(self, account_ids: list[str]) -> list[int]:
+        """``row`` of each id (new ids get new rows, in order)."""
+        need = len(self.ids) + len(account_ids)
+        if need > self.cap:
+            self._grow_rows(need)
+        return [self.row(a) for a in account_ids]
+
+    def _grow_rows(self, need: int) -> None:
+        new = self.cap
+        while new < need:
+            new *= 2
 
         def grow(a: np.ndarray) -> np.ndarray:
             b = np.zeros(a.shape[:-1] + (new,), a.dtype)
@@ -210,8 +420,9 @@ class ColumnarIndex:
         self.emit_ts[self.cap:] = -1
         self.emit_ratio = grow(self.emit_ratio)
         self.book_dirty = grow(self.book_dirty)
+        self.ntc = grow(self.ntc)
         self.bal = grow(self.bal)
-        for d in (self.U, self.M, self.G, self.Z):
+        for d in (self.U, self.M, self.G):
             for k in d:
                 d[k] = grow(d[k])
         self.cap = new
@@ -242,10 +453,10 @@ class ColumnarIndex:
         j = len(names)
         names.append(inst.symbol)
         w = _width(len(names))
-        for d in (self.U, self.M, self.G, self.Z):
+        for d in (self.U, self.M, self.G):
             old = d.get(a)
             if old is None or old.shape[0] < w:
-                new = np.zeros((w, self.cap), bool if d is self.Z else np.float64)
+                new = np.zeros((w, self.cap))
                 if old is not None:
                     new[: old.shape[0]] = old
                 d[a] = new
@@ -263,41 +474,109 @@ class ColumnarIndex:
                      iso: bool, iso_margin: float, iso_state: int) -> None:
         col = self.symbols[symbol]
         slot = col.put(row, qty, entry, lastp, iso, iso_margin, iso_state)
-        col.compute(np.array([slot]))
-        self._write_cross(col, np.array([slot]))
+        col.compute_one(slot)
+        self._write_cross_one(col, slot)
         self.held[row].add(symbol)
+
+    def load_symbol(self, symbol: str, rows, qty, entry, lastp, iso, iso_margin, iso_state) -> None:
+        """Bulk ``set_position`` for many rows of one symbol (arrays, one entry per row).
+
+        Rows already holding the symbol are updated one by one; the others get new
+        slots in the given order, computed block by block: the same values, bit for
+        bit, as one ``set_position`` call per row.
+        """
+        col = self.symbols[symbol]
+        rows = np.asarray(rows, np.int64)
+        args = [np.asarray(x) for x in (qty, entry, lastp, iso, iso_margin, iso_state)]
+        known = np.fromiter((r in col.slot_of for r in rows.tolist()), bool, len(rows))
+        for i in np.flatnonzero(known).tolist():
+            self.set_position(int(rows[i]), symbol, *(x[i].item() for x in args))
+        fresh = ~known
+        if fresh.any():
+            if not fresh.all():
+                rows = rows[fresh]
+                args = [x[fresh] for x in args]
+            sl = col.append(rows, *args)
+            self._refresh(col, sl.start, sl.stop)
+            held = self.held
+            for r in rows.tolist():
+                held[r].add(symbol)
 
     def remove_position(self, row: int, symbol: str) -> None:
         col = self.symbols[symbol]
+        slot = col.slot_of.get(row)
+        if slot is not None and col.counted[slot]:
+            self.ntc[row] -= 1
         col.remove(row)
-        for d in (self.U, self.M, self.G, self.Z):
+        for d in (self.U, self.M, self.G):
             d[col.asset_col][col.j, row] = 0
         self.held[row].discard(symbol)
 
-    def _write_cross(self, col: SymbolColumn, slots: np.ndarray) -> None:
-        rows = col.rows[slots]
-        cross = ~col.iso[slots]
+    def _write_cross(self, col: SymbolColumn, sl) -> None:
+        """The cross terms of slots ``sl`` into the matrices: value × crossf (1 cross,
+        0 isolated — a signed zero, which no sum or test can tell from +0.0)."""
+        rows = col.rows[sl]
+        cf = col.crossf[sl]
         a, j = col.asset_col, col.j
-        self.U[a][j, rows] = np.where(cross, col.upnl[slots], 0.0)
-        self.M[a][j, rows] = np.where(cross, col.mm[slots], 0.0)
-        self.G[a][j, rows] = np.where(cross, col.gross[slots], 0.0)
-        self.Z[a][j, rows] = cross & col.near_tier[slots]
+        u, mm, g = col.upnl[sl], col.mm[sl], col.gross[sl]
+        if math.isfinite(u.sum() + mm.sum() + g.sum()):
+            self.U[a][j][rows] = u * cf
+            self.M[a][j][rows] = mm * cf
+            self.G[a][j][rows] = g * cf
+        else:  # inf × 0 would be NaN
+            cross = cf != 0
+            self.U[a][j][rows] = np.where(cross, u, 0.0)
+            self.M[a][j][rows] = np.where(cross, mm, 0.0)
+            self.G[a][j][rows] = np.where(cross, g, 0.0)
+        flag = ~col.iso[sl]
+        flag &= col.near_tier[sl]
+        changed = flag != col.counted[sl]
+        if changed.any():
+            i = np.flatnonzero(changed)
+            self.ntc[rows[i]] += np.where(flag[i], 1, -1).astype(np.int32)  # rows of a column are distinct
+            col.counted[sl] = flag
 
-    def set_mark(self, symbol: str, mark: float) -> np.ndarray:
-        """Recompute every position of ``symbol`` at ``mark``; returns the slots."""
+    def _write_cross_one(self, col: SymbolColumn, s: int) -> None:
+        r = int(col.rows[s])
+        a, j = col.asset_col, col.j
+        cf = float(col.crossf[s])
+        u, mm, g = float(col.upnl[s]), float(col.mm[s]), float(col.gross[s])
+        if math.isfinite(u + mm + g):
+            self.U[a][j, r] = u * cf
+            self.M[a][j, r] = mm * cf
+            self.G[a][j, r] = g * cf
+        else:
+            self.U[a][j, r] = u if cf else 0.0
+            self.M[a][j, r] = mm if cf else 0.0
+            self.G[a][j, r] = g if cf else 0.0
+        flag = bool(cf) and bool(col.near_tier[s])
+        if flag != bool(col.counted[s]):
+            self.ntc[r] += 1 if flag else -1
+            col.counted[s] = flag
+
+    def _refresh(self, col: SymbolColumn, start: int, stop: int) -> None:
+        """Recompute slots ``start:stop`` and write their cross terms, block by block."""
+        if stop - start <= SMALL:
+            for s in range(start, stop):
+                col.compute_one(s)
+                self._write_cross_one(col, s)
+            return
+        for b, e in _blocks(start, stop):
+            sl = slice(b, e)
+            col._compute_block(sl)
+            self._write_cross(col, sl)
+
+    def set_mark(self, symbol: str, mark: float) -> slice:
+        """Recompute every position of ``symbol`` at ``mark``; returns its slots (a slice)."""
         col = self.symbols[symbol]
         col.mark = mark
-        slots = np.arange(col.n)
-        col.compute(slots)
-        self._write_cross(col, slots)
-        return slots
+        self._refresh(col, 0, col.n)
+        return slice(0, col.n)
 
     def recompute_symbol(self, symbol: str) -> None:
         """After a tier change: recompute at the unchanged mark."""
         col = self.symbols[symbol]
-        slots = np.arange(col.n)
-        col.compute(slots)
-        self._write_cross(col, slots)
+        self._refresh(col, 0, col.n)
 
     def rows_exposed_to(self, asset: str) -> np.ndarray:
         """Rows whose cross equity depends on the price of ``asset``."""
@@ -313,45 +592,185 @@ class ColumnarIndex:
         return np.flatnonzero(mask)
 
     # -- evaluation ---------------------------------------------------------------------
-    def evaluate_cross(self, rows: np.ndarray) -> CrossEval:
-        """Equity, MM and the near-threshold screen of the cross scope of ``rows``.
+    def evaluate_cross(self, rows, prev: np.ndarray | None = None) -> CrossEval:
+        """Equity, MM, ratio and the near-threshold screen of the cross scope of ``rows``
+        (and, given their previous states ``prev``, the float decision).
 
         ``net_a = bal_a + Σ uPnL``; ``value_a = net_a·P_a·(1 − h_a)`` if net_a > 0 else
         ``net_a·P_a``; equity = Σ value_a; MM = Σ MM_pos·P_settle. Unpriced assets count 0.
         """
+        rows = np.asarray(rows, np.int64)
         k = len(rows)
-        equity = np.zeros(k)
-        mm = np.zeros(k)
-        gross = np.zeros(k)
-        unpriced = np.zeros(k, bool)
-        near_tier = np.zeros(k, bool)
+        if k <= SMALL:
+            return self._evaluate_cross_small(rows, prev)
+        out = _CrossOut(k, prev is not None)
+        lo, hi = int(rows.min()), int(rows.max()) + 1
+        span = hi - lo
+        if 4 * k >= span:
+            # dense: evaluate the whole run lo:hi through views, then pick the rows
+            whole = k == span and bool(np.all(rows[1:] > rows[:-1]))
+            res = out if whole else _CrossOut(span, prev is not None)
+            sprev = None
+            if prev is not None:
+                if whole:
+                    sprev = prev
+                else:
+                    sprev = np.zeros(span, np.int8)
+                    sprev[rows - lo] = prev
+            for b, e in _blocks(lo, hi):
+                take = _SliceTake(b, e)
+                self._cross_block(take, e - b, None if sprev is None else sprev[b - lo:e - lo], res, b - lo)
+            if not whole:
+                out.pick(res, rows - lo)
+        else:
+            for b, e in _blocks(0, k):
+                take = _IndexTake(rows[b:e])
+                self._cross_block(take, e - b, None if prev is None else prev[b:e], out, b)
+        return out.result(rows)
+
+    def _cross_block(self, take, kb: int, prev_b, out: "_CrossOut", at: int) -> None:
+        """One block of ``evaluate_cross``, written into ``out[at:at + kb]``; the formulas
+        and their order are those of the scalar path ``_cross_one``."""
+        sl = slice(at, at + kb)
+        equity, mm, gross, unpriced = out.equity[sl], out.mm[sl], out.gross[sl], out.unpriced[sl]
+        equity.fill(0.0)
+        mm.fill(0.0)
+        gross.fill(0.0)
+        unpriced.fill(False)
+        bal_all = take(self.bal)
         for a in range(len(self.assets)):
-            bal = self.bal[a, rows]
-            net = bal.copy()
-            g = np.abs(bal)
+            bal = bal_all[a]  # may be a view of self.bal: never written
             m = None
             if a in self.U:
-                U = self.U[a][:, rows]
-                M = self.M[a][:, rows]
-                G = self.G[a][:, rows]
-                near_tier |= self.Z[a][:, rows].any(axis=0)
-                m = np.zeros(k)
-                for j in range(U.shape[0]):  # fixed order: the sums are reproducible bit for bit
-                    net += U[j]
-                    m += M[j]
-                    g += G[j]
-            p = self.price[a]
+                used = len(self.settle_symbols[a])  # columns past it are padding: +0.0, a no-op
+                U, M, G = take(self.U[a][:used]), take(self.M[a][:used]), take(self.G[a][:used])
+                net = bal + U[0]
+                m = M[0] + 0.0  # = 0.0 + M[0]: the sum starts from +0.0
+                g = np.abs(bal)
+                g += G[0]
+                for j in range(1, used):  # fixed order: the sums are reproducible bit for bit
+                    np.add(net, U[j], out=net)
+                    np.add(m, M[j], out=m)
+                    np.add(g, G[j], out=g)
+            else:
+                net = bal
+                g = np.abs(bal)
+            p = float(self.price[a])
             if math.isnan(p):
                 unpriced |= net != 0
                 continue
-            h = self.haircut[a]
-            equity += np.where(net > 0, net * (p * (1.0 - h)), net * p)
+            h = float(self.haircut[a])
+            if p == 1.0 and h == 0.0:  # x·1.0 is x: the same bits without the products
+                equity += net
+                gross += g
+                if m is not None:
+                    mm += m
+                    gross += m
+            else:
+                f = p * (1.0 - h)
+                if 0.0 <= f <= p:
+                    # = where(net > 0, net·f, net·p): with 0 ≤ f ≤ p the smaller product is
+                    # the one for net's sign (rounding is monotone; zeros and NaN alike)
+                    equity += np.minimum(net * f, net * p)
+                else:
+                    equity += np.where(net > 0, net * f, net * p)
+                g *= p
+                gross += g
+                if m is not None:
+                    m *= p
+                    mm += m
+                    gross += m
+        near = out.near[sl]
+        np.greater(take(self.ntc), 0, out=near)
+        state = None
+        if prev_b is not None:
+            state = out.state[sl]
+            state.fill(0)
+        # Screen and decision. A row with equity > 0 and MM < L·equity − tol for the lowest
+        # level L (of 1, call_level, call_level − band; 0 < L ≤ 1) is far below every
+        # threshold: none of _near's tests can hold (each difference MM − level·equity is
+        # at most MM − L·equity, in floats too: rounding is monotone) and decide() gives
+        # healthy. The others (few) take the full formulas.
+        tol = gross + equity
+        tol += mm
+        tol *= NEAR  # = NEAR·(gross + |equity| + MM) where equity > 0
+        pos = equity > 0
+        lo = self._lowest_level
+        if lo is not None:
+            quiet = (lo * equity - mm) > tol
+            quiet &= pos
+            rest = np.flatnonzero(~quiet)
+        else:
+            rest = None
+        e, mmr, g = (equity, mm, gross) if rest is None else (equity[rest], mm[rest], gross[rest])
+        if rest is None or len(rest):
+            nr = self._near(e, mmr, g)
+            if rest is None:
+                near |= nr
+            else:
+                near[rest] |= nr
+            if state is not None:
+                pv = prev_b if rest is None else prev_b[rest]
+                st = self.decide(e, mmr, pv)
+                if rest is None:
+                    state[:] = st
+                else:
+                    state[rest] = st
+        ratio = out.ratio[sl]
+        with np.errstate(divide="ignore", invalid="ignore"):
+            np.divide(mm, equity, out=ratio)  # MM/equity where equity > 0 (0 where MM = 0)
+        fix = np.flatnonzero(~pos)
+        if len(fix):
+            ratio[fix] = np.where(mm[fix] == 0, 0.0, np.nan)
+
+    def _cross_one(self, r: int) -> tuple[float, float, float, bool]:
+        """Equity, MM, Σ|terms| and unpriced of one row, in Python floats (same bits)."""
+        equity = mm = gross = 0.0
+        unpriced = False
+        bal_all = self.bal[:, r].tolist()
+        price = self.price.tolist()
+        haircut = self.haircut.tolist()
+        for a in range(len(self.assets)):
+            net = bal_all[a]
+            g = abs(net)
+            m = None
+            if a in self.U:
+                used = len(self.settle_symbols[a])
+                us = self.U[a][:used, r].tolist()
+                ms = self.M[a][:used, r].tolist()
+                gs = self.G[a][:used, r].tolist()
+                m = 0.0
+                for j in range(used):
+                    net += us[j]
+                    m += ms[j]
+                    g += gs[j]
+            p = price[a]
+            if p != p:
+                if net != 0:
+                    unpriced = True
+                continue
+            h = haircut[a]
+            equity += net * (p * (1.0 - h)) if net > 0 else net * p
             gross += g * p
             if m is not None:
                 mm += m * p
                 gross += m * p
-        near = self._near(equity, mm, gross) | near_tier
-        return CrossEval(rows, equity, mm, gross, unpriced, near)
+        return equity, mm, gross, unpriced
+
+    def _evaluate_cross_small(self, rows: np.ndarray, prev) -> CrossEval:
+        k = len(rows)
+        out = _CrossOut(k, prev is not None)
+        for i, r in enumerate(rows.tolist()):
+            equity, mm, gross, unpriced = self._cross_one(r)
+            out.equity[i] = equity
+            out.mm[i] = mm
+            out.gross[i] = gross
+            out.unpriced[i] = unpriced
+            out.near[i] = self.near_one(equity, mm, gross) or self.ntc[r] > 0
+            out.ratio[i] = 0.0 if mm == 0 else (mm / equity if equity > 0 else math.nan)
+            if prev is not None:
+                out.state[i] = self.decide_one(equity, mm, int(prev[i]))
+        return out.result(rows)
 
     def _near(self, equity: np.ndarray, mm: np.ndarray, gross: np.ndarray) -> np.ndarray:
         tol = NEAR * (gross + np.abs(equity) + mm)
@@ -362,21 +781,94 @@ class ColumnarIndex:
             | (np.abs(equity) <= tol) & (mm > 0)
         )
 
+    def near_one(self, equity: float, mm: float, gross: float) -> bool:
+        """``_near`` of one scope, in Python floats."""
+        tol = NEAR * (gross + abs(equity) + mm)
+        return (abs(equity - mm) <= tol or abs(mm - self.call_level * equity) <= tol
+                or abs(mm - self.lower_level * equity) <= tol or (abs(equity) <= tol and mm > 0))
+
     def decide(self, equity: np.ndarray, mm: np.ndarray, prev: np.ndarray) -> np.ndarray:
         """Float state decision (0 healthy, 1 margin_call, 2 liquidation) with hysteresis."""
+        if len(equity) <= SMALL:
+            return np.array([self.decide_one(e, m, p) for e, m, p in zip(equity.tolist(), mm.tolist(), prev.tolist())],
+                            np.int8)
         liq = (mm > 0) & (equity <= mm)
         pos_eq = equity > 0
         call = pos_eq & (mm > 0) & (mm >= self.call_level * equity)
         stay = pos_eq & (mm > 0) & (prev > 0) & (mm >= self.lower_level * equity)
         return np.where(liq, 2, np.where(call | stay, 1, 0)).astype(np.int8)
 
+    def decide_one(self, equity: float, mm: float, prev: int) -> int:
+        if mm > 0 and equity <= mm:
+            return 2
+        if equity > 0 and mm > 0 and (mm >= self.call_level * equity or (prev > 0 and mm >= self.lower_level * equity)):
+            return 1
+        return 0
+
     def evaluate_isolated(self, col: SymbolColumn, slots: np.ndarray):
         """Equity (margin + uPnL), MM and near screen of isolated positions ``slots``."""
+        slots = np.asarray(slots)
+        if len(slots) <= SMALL:
+            k = len(slots)
+            equity, mm, near = np.zeros(k), np.zeros(k), np.zeros(k, bool)
+            for i, s in enumerate(slots.tolist()):
+                margin = float(col.iso_margin[s])
+                e = margin + float(col.upnl[s])
+                m = float(col.mm[s])
+                equity[i], mm[i] = e, m
+                near[i] = self.near_one(e, m, abs(margin) + float(col.gross[s])) or bool(col.near_tier[s])
+            return equity, mm, near
         equity = col.iso_margin[slots] + col.upnl[slots]
         mm = col.mm[slots]
         gross = np.abs(col.iso_margin[slots]) + col.gross[slots]
         near = self._near(equity, mm, gross) | col.near_tier[slots]
         return equity, mm, near
+
+
+class _SliceTake:
+    """Block columns ``b:e`` of a (…, rows) array: a view."""
+
+    __slots__ = ("sl",)
+
+    def __init__(self, b: int, e: int) -> None:
+        self.sl = slice(b, e)
+
+    def __call__(self, a: np.ndarray) -> np.ndarray:
+        return a[..., self.sl]
+
+
+class _IndexTake:
+    """Block columns ``idx`` of a (…, rows) array: a C-contiguous gather."""
+
+    __slots__ = ("idx",)
+
+    def __init__(self, idx: np.ndarray) -> None:
+        self.idx = idx
+
+    def __call__(self, a: np.ndarray) -> np.ndarray:
+        return np.take(a, self.idx, axis=-1)
+
+
+class _CrossOut:
+    __slots__ = ("equity", "mm", "gross", "unpriced", "near", "ratio", "state")
+
+    def __init__(self, k: int, with_state: bool) -> None:
+        self.equity = np.empty(k)
+        self.mm = np.empty(k)
+        self.gross = np.empty(k)
+        self.unpriced = np.empty(k, bool)
+        self.near = np.empty(k, bool)
+        self.ratio = np.empty(k)
+        self.state = np.empty(k, np.int8) if with_state else None
+
+    def pick(self, src: "_CrossOut", idx: np.ndarray) -> None:
+        for name in self.__slots__:
+            a = getattr(self, name)
+            if a is not None:
+                np.take(getattr(src, name), idx, out=a)
+
+    def result(self, rows: np.ndarray) -> CrossEval:
+        return CrossEval(rows, self.equity, self.mm, self.gross, self.unpriced, self.near, self.ratio, self.state)
 
 
 def ratio_of(equity: float, mm: float) -> float | None:

@@ -202,9 +202,5 @@ class StatusBuilder:
 
 
 def _initial(col, slot: int) -> float:
-    n = float(col.notional[slot])
-    if n == 0:
-        return 0.0
-    tiers = col.inst.tiers
-    k = int(tiers.index_f(n))
-    return n * float(tiers.imrs[k])
+    """``N·imr_k`` of a slot (0 for N = 0)."""
+    return col.initial_one(slot)
