@@ -139,6 +139,9 @@ def run_worker(args) -> int:
     logging.basicConfig(level=loglevel, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     log.info("settings: %s", settings.describe())
     asyncio.run(ensure_topics(settings))
+    from .agents.ordering import commit_baseline
+
+    asyncio.run(commit_baseline(settings))
     mapp = create_app(settings)
     app = mapp.app
 

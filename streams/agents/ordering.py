@@ -77,3 +77,51 @@ async def committed_offset(mapp, partition: int) -> int:
         return (await consumer.beginning_offsets([tp]))[tp]
     finally:
         await consumer.stop()
+
+
+async def commit_baseline(settings) -> int:
+    """Commit each sequenced partition's first offset for the margin agent's group
+    where the group has no committed offset yet; returns how many were committed.
+
+    With nothing committed, faust was seen to resume a partition after a rebalance
+    where its consumer had fetched to, and to commit from the first offset acked,
+    past records no engine applied. A committed baseline gives every partition a
+    position to seek back to and a base for faust's contiguous-offset commits.
+    Committing as a group without members is allowed only while the group is empty
+    (the first worker to start); otherwise a baseline exists already or is being
+    made by a running worker, and the error is ignored.
+    """
+    import logging
+
+    from aiokafka import AIOKafkaConsumer, TopicPartition
+    from aiokafka.admin import AIOKafkaAdminClient
+    from aiokafka.errors import KafkaError
+    from aiokafka.structs import OffsetAndMetadata
+
+    from ..topics import bootstrap, kafka_security, sequenced_topic
+
+    sec = kafka_security(settings)
+    topic = sequenced_topic(settings)
+    tps = [TopicPartition(topic, p) for p in range(settings.partitions)]
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap(settings), **sec)
+    await admin.start()
+    try:
+        offsets = await admin.list_consumer_group_offsets(settings.app_id, partitions=tps)
+    finally:
+        await admin.close()
+    missing = [tp for tp in tps if offsets.get(tp) is None or offsets[tp].offset < 0]
+    if not missing:
+        return 0
+    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap(settings), group_id=settings.app_id,
+                                enable_auto_commit=False, **sec)
+    await consumer.start()
+    try:
+        consumer.assign(missing)
+        begin = await consumer.beginning_offsets(missing)
+        await consumer.commit({tp: OffsetAndMetadata(begin[tp], "") for tp in missing})
+        return len(missing)
+    except KafkaError as exc:
+        logging.getLogger(__name__).info("baseline offsets not committed (%s): the group is active", exc)
+        return 0
+    finally:
+        await consumer.stop()
