@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import time
 from dataclasses import dataclass
 
@@ -31,7 +32,7 @@ from ..metrics import SEQUENCED_LAG_TOPIC, STATES
 from ..pipeline import PartitionProcessor, new_engine, load_seed
 from ..replay import stamp
 from ..topics import SOURCE_HEADER
-from .ordering import ACCEPT, OUT_OF_ORDER, OffsetGuard, committed_offset
+from .ordering import ACCEPT, EXIT_OUT_OF_ORDER, OUT_OF_ORDER, OffsetGuard, committed_offset
 
 log = logging.getLogger(__name__)
 SEP = "\x1f"
@@ -464,11 +465,16 @@ def attach_margin_agent(mapp) -> None:
                     touched[p] = proc
                     order = guard.check(p, msg.offset)
                     if order != ACCEPT:
-                        if order == OUT_OF_ORDER and guard.needs_seek(p):
-                            # the consumer resumed past records nobody applied: go back for them
-                            log.warning("partition %d: got offset %d, expected %d; seeking back",
-                                        p, msg.offset, guard.expected[p])
-                            await app.consumer.seek(msg.tp, guard.expected[p])
+                        if order == OUT_OF_ORDER:
+                            # The consumer resumed past records no engine applied (faust, after a
+                            # rebalance). Seeking back did not bring them back, and acking this
+                            # batch could commit past them: exit before the ack; the supervisor's
+                            # restart resumes from the committed offset.
+                            log.critical("partition %d: got offset %d, expected %d; exiting (%d) so that a "
+                                         "restart resumes from the committed offset",
+                                         p, msg.offset, guard.expected[p], EXIT_OUT_OF_ORDER)
+                            logging.shutdown()
+                            os._exit(EXIT_OUT_OF_ORDER)
                         continue
                     guard.advance(p, msg.offset)
                     headers = dict(msg.headers or ())

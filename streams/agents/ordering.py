@@ -5,13 +5,17 @@ records already taken into a ``take_events`` buffer before the rebalance are
 still delivered: applying those first would apply later records before earlier
 ones (seen on the broker: deposits applied before the first marks). The guard
 knows the committed offset a partition's engine was rebuilt at and accepts
-only the next offset: earlier ones were applied already; on a later one the
-consumer is sought back to the expected offset (seen: after a rebalance with
-nothing committed, the consumer resumed where it had fetched before, past
-records no engine applied). Skipped records are not committed past the gap:
-faust commits only contiguous acked offsets.
+only the next offset: earlier ones were applied already. A later one means the
+consumer resumed past records no engine applied (seen after a rebalance: faust
+kept the retained partition's fetch position and dropped what it had buffered);
+seeking back did not bring them back, and faust can commit past such gaps
+(faust#606), so the worker exits with :data:`EXIT_OUT_OF_ORDER` before acking:
+its supervisor's restart resumes from the committed offset.
 """
 from __future__ import annotations
+
+#: exit status of a worker that found a partition resumed past unapplied records
+EXIT_OUT_OF_ORDER = 5
 
 ACCEPT = "accept"
 ALREADY_APPLIED = "already_applied"
@@ -23,24 +27,13 @@ class OffsetGuard:
 
     def __init__(self) -> None:
         self.expected: dict[int, int] = {}
-        self.sought: dict[int, int] = {}  # partition -> offset a seek was issued for
 
     def start(self, partition: int, offset: int) -> None:
         """The engine of ``partition`` holds every record before ``offset``."""
         self.expected[partition] = offset
-        self.sought.pop(partition, None)
 
     def forget(self, partition: int) -> None:
         self.expected.pop(partition, None)
-        self.sought.pop(partition, None)
-
-    def needs_seek(self, partition: int) -> bool:
-        """True once per expected offset: the consumer must go back to it."""
-        exp = self.expected[partition]
-        if self.sought.get(partition) == exp:
-            return False
-        self.sought[partition] = exp
-        return True
 
     def check(self, partition: int, offset: int) -> str:
         exp = self.expected.get(partition)

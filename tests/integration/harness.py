@@ -33,7 +33,12 @@ def free_port() -> int:
 class WorkerProcess:
     """One ``marginwatch worker`` subprocess with its own web port and data dir."""
 
-    def __init__(self, env: dict, tmp: Path, name: str) -> None:
+    #: exit codes a supervisor restarts on: the stall watchdog (4) and the ordering guard (5)
+    RESTART_CODES = (4, 5)
+
+    def __init__(self, env: dict, tmp: Path, name: str, supervised: bool = False) -> None:
+        self.supervised = supervised
+        self.restarts = 0
         self.port = free_port()
         self.env = dict(os.environ, **env, MW_WEB_PORT=str(self.port), MW_DATA_DIR=str(tmp / f"data-{name}"))
         self.log_path = tmp / f"worker-{name}.log"
@@ -46,6 +51,17 @@ class WorkerProcess:
             stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
         )
         return self
+
+    def check(self) -> None:
+        """Play the supervisor: restart after a deliberate exit, fail on any other."""
+        if self.proc is None or self.proc.poll() is None:
+            return
+        code = self.proc.returncode
+        if self.supervised and code in self.RESTART_CODES:
+            self.restarts += 1
+            self.start()
+            return
+        raise AssertionError(f"worker exited with {code}:\n{self.tail()}")
 
     def metrics(self) -> dict[str, float]:
         """Sample name{labels} -> value of the worker's /metrics (empty if unreachable)."""
@@ -133,8 +149,7 @@ def wait_handled(workers: list[WorkerProcess], total: int, timeout: float, base:
         if seen >= total + base:
             return seen
         for w in workers:
-            if w.proc and w.proc.poll() is not None:
-                raise AssertionError(f"worker exited with {w.proc.returncode}:\n{w.tail()}")
+            w.check()
         time.sleep(0.5)
     raise AssertionError(f"handled {seen} of {total + base} inputs in {timeout}s;\n" + "\n".join(w.tail() for w in workers))
 
@@ -247,8 +262,7 @@ def wait_committed(bootstrap: str, group: str, topic: str, timeout: float, worke
         if behind == 0:
             return
         for w in workers:
-            if w.proc and w.proc.poll() is not None:
-                raise AssertionError(f"worker exited with {w.proc.returncode}:\n{w.tail()}")
+            w.check()
         time.sleep(1.0)
     raise AssertionError(f"{behind} records of {topic} not committed by {group} after {timeout}s;\n"
                          + "\n".join(w.tail() for w in workers))
@@ -286,8 +300,7 @@ def wait_processed(bootstrap: str, group: str, topic: str, sequenced_total: int,
         if size >= sequenced_total:
             break
         for w in workers:
-            if w.proc and w.proc.poll() is not None:
-                raise AssertionError(f"worker exited with {w.proc.returncode}:\n{w.tail()}")
+            w.check()
         time.sleep(0.5)
     else:
         raise AssertionError(f"sequenced log has {size} of {sequenced_total} records after {timeout}s")

@@ -6,7 +6,10 @@
 2. Input produced in phases (collateral, then fills, then marks of one symbol), so
    its order is fixed: the outputs equal ``replay`` of the original file.
 3. Two workers in one group, one killed mid-stream: the survivor restores state
-   from the changelog and the outputs still equal the replay.
+   from the committed changelog and the outputs still equal the replay. The test
+   plays the supervisor: a worker that exits deliberately (the ordering guard's 5
+   when faust resumed a partition past unapplied records, the watchdog's 4) is
+   restarted, as compose's restart policy or systemd would.
 """
 from __future__ import annotations
 
@@ -128,18 +131,12 @@ def test_phased_input_equals_replay_of_original_file(kafka_bootstrap, unique_pre
 
 
 @pytest.mark.timeout(900)
-@pytest.mark.xfail(
-    reason="after the initial two-worker rebalance faust resumes a retained partition where its "
-    "consumer had fetched to (e.g. offset 2301 with 0 committed), and the agent's seek back to the "
-    "committed offset does not bring the skipped records back: the survivor's outputs then miss a "
-    "prefix of the partition. Passes in some runs; tracked on issue 3.",
-    strict=False,
-)
 def test_killed_worker_partitions_taken_over_outputs_equal_replay(kafka_bootstrap, unique_prefix, tmp_path):
     envelopes = list(generate(SimConfig(seed=23, accounts=200, events=12000)))
     env = worker_env(kafka_bootstrap, unique_prefix, PARTITIONS)
-    a = WorkerProcess(env, tmp_path, "a").start()
-    b = WorkerProcess(env, tmp_path, "b").start()
+    # the test plays the supervisor: a worker that exits deliberately (4, 5) is restarted
+    a = WorkerProcess(env, tmp_path, "a", supervised=True).start()
+    b = WorkerProcess(env, tmp_path, "b", supervised=True).start()
     try:
         wait_up(a)
         wait_up(b)
@@ -147,6 +144,8 @@ def test_killed_worker_partitions_taken_over_outputs_equal_replay(kafka_bootstra
         asyncio.run(produce(kafka_bootstrap, unique_prefix, envelopes[:half]))
         deadline = time.time() + 120
         while a.inputs_handled() < 2000 and time.time() < deadline:
+            a.check()
+            b.check()
             time.sleep(0.2)
         a.kill()  # SIGKILL mid-stream
         asyncio.run(produce(kafka_bootstrap, unique_prefix, envelopes[half:]))
@@ -156,4 +155,5 @@ def test_killed_worker_partitions_taken_over_outputs_equal_replay(kafka_bootstra
         a.kill()
         b.stop()
     counts = assert_equal_to_replay(kafka_bootstrap, env)
+    print(f"\nrestarts by the supervisor: a={a.restarts} b={b.restarts}; {counts}")
     assert counts["liquidations"] > 0
