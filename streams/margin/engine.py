@@ -141,18 +141,24 @@ class PartitionEngine:
         self._dirty_globals = True
         mark_f = float(tick.mark_price)
         idx = self.index
-        mask = np.zeros(len(idx.ids), bool)
+        n = len(idx.ids)
         iso = []
         col = idx.symbols.get(tick.symbol)
         if col is not None:
             sl = idx.set_mark(tick.symbol, mark_f)
-            mask[col.rows[sl]] = True
             iso.append((col, np.flatnonzero(col.iso[sl])))
-        for asset, rec in self.market.assets.items():
-            if rec.price_symbol == tick.symbol:
-                idx.add_asset(asset, mark_f, float(rec.haircut))
+        priced = [(a, rec) for a, rec in self.market.assets.items() if rec.price_symbol == tick.symbol]
+        for asset, rec in priced:
+            idx.add_asset(asset, mark_f, float(rec.haircut))
+        if col is not None and col.n == n:
+            rows = np.arange(n)  # every row holds the symbol (a column's rows are distinct)
+        else:
+            mask = np.zeros(n, bool)
+            if col is not None:
+                mask[col.rows[: col.n]] = True
+            for asset, _ in priced:
                 mask[idx.rows_exposed_to(asset)] = True
-        rows = np.flatnonzero(mask)
+            rows = np.flatnonzero(mask)
         cause = {"topic": tick.topic, "id": tick.cause_id, "ts": tick.ts}
         return ApplyResult(APPLIED, self._evaluate(rows, iso, cause, ts, {}))
 
@@ -297,13 +303,14 @@ class PartitionEngine:
         idx.set_balances(row, {a: float(v) for a, v in book.balances.items()})
         for symbol in list(idx.held[row]):
             if symbol not in book.positions:
-                idx.remove_position(row, symbol)
+                idx.remove_position(row, symbol, pack=False)
         for symbol, p in book.positions.items():
             col = idx.symbols[symbol]
             slot = col.slot_of.get(row)
             iso_state = int(col.iso_state[slot]) if (slot is not None and p.isolated) else 0
             idx.set_position(row, symbol, float(p.qty), float(p.entry) if p.entry else 0.0,
-                             float(p.last_price), p.isolated, float(p.isolated_margin), iso_state)
+                             float(p.last_price), p.isolated, float(p.isolated_margin), iso_state, pack=False)
+        idx.pack_row(row)
 
     def sync_rows(self, items: list[tuple[int, AccountState]]) -> None:
         """``_sync_row`` of many accounts at once (bulk loading, ``records.restore``).
@@ -354,7 +361,8 @@ class PartitionEngine:
             idx.bal[asset_col[a], rs] = vs
         for symbol, (rs, q, e, lp, iso, im) in positions.items():
             idx.load_symbol(symbol, np.array(rs, np.int64), np.array(q), np.array(e), np.array(lp),
-                            np.array(iso, bool), np.array(im), np.zeros(len(rs), np.int8))
+                            np.array(iso, bool), np.array(im), np.zeros(len(rs), np.int8), pack=False)
+        idx.pack_rows(np.fromiter((r for r, _ in fresh), np.int64, len(fresh)))
 
     # -- evaluation and decisions --------------------------------------------------------
     def _evaluate(self, rows: np.ndarray, iso: list, cause: dict, ts: int, changed: dict[int, set[str]]) -> list[Output]:
@@ -365,9 +373,8 @@ class PartitionEngine:
         for col, slots in iso:
             if not len(slots):
                 continue
-            equity, mm, near = idx.evaluate_isolated(col, slots)
             prev = col.iso_state[slots]
-            new = idx.decide(equity, mm, prev)
+            equity, mm, near, new = idx.evaluate_isolated(col, slots, prev)
             for i in np.flatnonzero(near).tolist():
                 new[i] = self._exact_isolated_state(col, int(slots[i]), int(prev[i]))
             for i in np.flatnonzero(new != prev).tolist():
@@ -379,24 +386,19 @@ class PartitionEngine:
             rows = _merge_sorted(rows, transitions.keys())
         if not len(rows):
             return []
-        prev = idx.cross_state[rows]
-        ce = idx.evaluate_cross(rows, prev)
+        # rows ascend strictly; a full run lo..hi is read through views
+        lo = int(rows[0])
+        sel = slice(lo, lo + len(rows)) if int(rows[-1]) - lo + 1 == len(rows) else rows
+        prev = idx.cross_state[sel].copy()
+        ce = idx.evaluate_cross(rows, prev, sorted_unique=True)
         new = ce.state
         for i in np.flatnonzero(ce.near).tolist():
             new[i] = self._exact_cross_state(int(rows[i]), int(prev[i]))
         for i in np.flatnonzero(new != prev).tolist():
             transitions.setdefault(int(rows[i]), []).insert(0, (CROSS_SCOPE, int(prev[i]), int(new[i])))
-        idx.cross_state[rows] = new
-        # margin-status triggers (vectorized): state changed, book changed or ratio moved
-        ratio = ce.ratio
-        last_ratio = idx.emit_ratio[rows]
-        emit_ts = idx.emit_ts[rows]
-        never = emit_ts < 0
-        r_nan, l_nan = np.isnan(ratio), np.isnan(last_ratio)
-        with np.errstate(invalid="ignore"):
-            moved = np.where(r_nan | l_nan, r_nan != l_nan, np.abs(ratio - last_ratio) >= float(cfg.status_ratio_step))
-        trig = never | idx.book_dirty[rows] | moved
-        emit = trig & (never | (ts - emit_ts >= cfg.status_interval_ms))
+        idx.cross_state[sel] = new
+        # margin-status triggers: state changed, book changed or ratio moved
+        emit = idx.status_due(rows, ce.ratio, ts, float(cfg.status_ratio_step), cfg.status_interval_ms, sorted_unique=True)
         emitting = {int(rows[i]): i for i in np.flatnonzero(emit).tolist()}
         extra = [r for r in transitions if r not in emitting]
         extra += [r for r, scopes in changed.items() if scopes and r not in emitting and r not in transitions]
