@@ -520,18 +520,23 @@ class ColumnarIndex:
             self.pack_row(row)
 
     def load_symbol(self, symbol: str, rows, qty, entry, lastp, iso, iso_margin, iso_state,
-                    pack: bool = True) -> None:
+                    pack: bool = True, fresh: bool = False) -> None:
         """Bulk ``set_position`` for many rows of one symbol (arrays, one entry per row).
 
         Rows already holding the symbol are updated one by one; the others get new
         slots in the given order, computed block by block: the same values, bit for
         bit, as one ``set_position`` call per row. ``pack=False``: the caller packs the
-        rows (``pack_rows``) once it has loaded all their symbols.
+        rows (``pack_rows``) once it has loaded all their symbols. ``fresh``: the caller
+        vouches that no row holds the symbol yet (and that the rows are distinct).
         """
         col = self.symbols[symbol]
         rows = np.asarray(rows, np.int64)
         args = [np.asarray(x) for x in (qty, entry, lastp, iso, iso_margin, iso_state)]
-        known = np.fromiter((r in col.slot_of for r in rows.tolist()), bool, len(rows))
+        if fresh:
+            known = np.zeros(len(rows), bool)
+        else:
+            slot_of = col.slot_of
+            known = np.fromiter((r in slot_of for r in rows.tolist()), bool, len(rows))
         for i in np.flatnonzero(known).tolist():
             self.set_position(int(rows[i]), symbol, *(x[i].item() for x in args), pack=False)
         fresh = ~known

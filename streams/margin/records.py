@@ -131,7 +131,7 @@ def restore(engine, params_rec: dict | None, marks_rec: dict | None, accounts: I
         loaded.append((account_id, rec, state))
     rows = idx.rows_for([a for a, _, _ in loaded])
     if bulk:
-        engine.sync_rows([(r, st) for r, (_, _, st) in zip(rows, loaded)])
+        engine.sync_rows([(r, st) for r, (_, _, st) in zip(rows, loaded)], [rec["book"] for _, rec, _ in loaded])
     else:
         for r, (_, _, st) in zip(rows, loaded):
             engine._sync_row(r, st)
