@@ -160,17 +160,17 @@ def plan_book(n_accounts: int, n_positions: int, rng: np.random.Generator):
 
 
 def bulk_load(eng: PartitionEngine, n_accounts: int, n_positions: int, seed: int) -> dict:
-    """Build books and the columnar index directly (what _sync_row does, vectorized)."""
+    """Build the exact books directly, then load them with the core's bulk path
+    (``PartitionEngine.sync_rows`` → ``ColumnarIndex.load_symbol`` + ``pack_rows``, what
+    ``records.restore`` uses): the same arrays, bit for bit, as one ``_sync_row`` per account."""
     rng = np.random.default_rng(seed)
     t0 = time.perf_counter()
     acct, sym_i, notional, iso = plan_book(n_accounts, n_positions, rng)
     order = list(SYMBOLS)
     dec = DecCache()
     idx = eng.index
-    market = eng.market
     ids = [f"acct-{i:07d}" for i in range(n_accounts)]
-    for a in ids:
-        idx.row(a)  # rows 0..n-1 in account order
+    rows = idx.rows_for(ids)  # rows 0..n-1 in account order
     books = [AccountBook(a) for a in ids]
     # balances: USDT for all — equity a multiple of total notional (leverage 1.5x .. 40x);
     # BTC collateral for ~20 %
@@ -179,20 +179,17 @@ def bulk_load(eng: PartitionEngine, n_accounts: int, n_positions: int, seed: int
     usdt = np.round(total_notional / lev + 10, 2)
     has_btc = rng.random(n_accounts) < 0.2
     btc = np.where(has_btc, np.round(rng.uniform(0.001, 0.5, n_accounts), 4), 0.0)
-    usdt_col, btc_col = idx.asset_col["USDT"], idx.asset_col["BTC"]
     for i, b in enumerate(books):
         b.balances["USDT"] = dec[f"{usdt[i]:.2f}"]
         if btc[i]:
             b.balances["BTC"] = dec[f"{btc[i]:.4f}"]
-    idx.bal[usdt_col, :n_accounts] = [float(books[i].balances["USDT"]) for i in range(n_accounts)]
-    idx.bal[btc_col, :n_accounts] = [float(books[i].balances.get("BTC", 0)) for i in range(n_accounts)]
-    # positions
+    # positions (isolated margins funded separately)
     for s_i, sym in enumerate(order):
         kind, settle, c_txt, price, _ = SYMBOLS[sym]
         c = float(c_txt)
         p0 = float(price)
         sel = np.flatnonzero(sym_i == s_i)
-        rows = acct[sel]
+        prow = acct[sel]
         k = len(sel)
         side = np.where(rng.random(k) < 0.55, 1.0, -1.0)
         entry = p0 * np.exp(rng.normal(0, 0.01, k))
@@ -208,59 +205,33 @@ def bulk_load(eng: PartitionEngine, n_accounts: int, n_positions: int, seed: int
         lev_i = np.exp(rng.uniform(math.log(2), math.log(25), k))
         settle_notional = np.abs(qty) * c * (p0 if kind == "linear" else 1.0 / p0)
         iso_margin = np.where(is_iso, np.round(settle_notional / lev_i, 6 if kind == "inverse" else 2), 0.0)
-        # exact books
-        for j in range(k):
-            r = int(rows[j])
-            q = dec[f"{qty[j]:.0f}"]
-            e = dec[f"{entry[j]:.4f}".rstrip("0").rstrip(".")]
-            mode = "isolated" if is_iso[j] else "cross"
-            m = dec[f"{iso_margin[j]:.6f}"] if is_iso[j] else dec["0"]
-            books[r].positions[sym] = Position(sym, q, e, mode, m, e)  # (isolated margins funded separately)
-        # the float mirror, as SymbolColumn.put would store it (from the exact values)
-        col = idx.symbols[sym]
-        qf = np.array([float(books[int(r)].positions[sym].qty) for r in rows])
-        ef = np.array([float(books[int(r)].positions[sym].entry) for r in rows])
-        mf = np.array([float(books[int(r)].positions[sym].isolated_margin) for r in rows])
-        cap = max(16, 1 << int(math.ceil(math.log2(max(k, 1)))))
-        for name in col._ARRAYS:
-            old = getattr(col, name)
-            setattr(col, name, np.zeros(cap, old.dtype))
-        col.n = k
-        col.rows[:k] = rows
-        col.slot_of = {int(r): j for j, r in enumerate(rows)}
-        col.qty[:k] = qf
-        col.entry[:k] = 1.0 / ef if col.inverse else ef
-        col.lastp[:k] = ef
-        col.iso[:k] = is_iso
-        col.iso_margin[:k] = mf
-        slots = np.arange(k)
-        col.compute(slots)
-        idx._write_cross(col, slots)
-        for r in rows:
-            idx.held[int(r)].add(sym)
-    # balances changed by the isolated margins: mirror them again
-    for a_name in ("USDT", "BTC", "ETH"):
-        ac = idx.asset_col[a_name]
-        idx.bal[ac, :n_accounts] = [float(b.balances.get(a_name, 0)) for b in books]
+        zero = dec["0"]
+        for r, q_, e_, iso_, m_ in zip(prow.tolist(), qty.tolist(), entry.tolist(), is_iso.tolist(), iso_margin.tolist()):
+            e = dec[f"{e_:.4f}".rstrip("0").rstrip(".")]
+            books[r].positions[sym] = Position(sym, dec[f"{q_:.0f}"], e, "isolated" if iso_ else "cross",
+                                               dec[f"{m_:.6f}"] if iso_ else zero, e)
+    states = []
     for b in books:
         for a_name in [a for a, v in b.balances.items() if v == 0]:
             del b.balances[a_name]
-        eng.accounts[b.account_id] = AccountState(b)
-    t_build = time.perf_counter() - t0
+        st = AccountState(b)
+        eng.accounts[b.account_id] = st
+        states.append(st)
+    t_books = time.perf_counter() - t0
+    t1 = time.perf_counter()
+    eng.sync_rows(list(zip(rows, states)))
+    t_sync = time.perf_counter() - t1
     # initial states, decided like the engine does (float screen + exact fallback), and the
     # status bookkeeping as if every account had just been sent a status at ts 0
     t1 = time.perf_counter()
     all_rows = np.arange(n_accounts)
-    ce = idx.evaluate_cross(all_rows)
-    prev = np.zeros(n_accounts, np.int8)
-    new = idx.decide(ce.equity, ce.mm, prev)
+    ce = idx.evaluate_cross(all_rows, np.zeros(n_accounts, np.int8))
+    new = ce.state
     for i in np.flatnonzero(ce.near):
         new[i] = eng._exact_cross_state(int(all_rows[i]), 0)
     idx.cross_state[:n_accounts] = new
-    with np.errstate(divide="ignore", invalid="ignore"):
-        ratio = np.where(ce.mm == 0, 0.0, np.where(ce.equity > 0, ce.mm / ce.equity, np.nan))
     idx.emit_ts[:n_accounts] = 0
-    idx.emit_ratio[:n_accounts] = ratio
+    idx.emit_ratio[:n_accounts] = ce.ratio
     idx.book_dirty[:n_accounts] = False
     for col in idx.symbols.values():
         s = np.flatnonzero(col.iso[: col.n])
@@ -272,7 +243,8 @@ def bulk_load(eng: PartitionEngine, n_accounts: int, n_positions: int, seed: int
             col.iso_state[s] = st
     eng.take_dirty()
     from streams.margin.records import state_counts
-    return {"states": state_counts(eng), "build_s": t_build, "init_states_s": time.perf_counter() - t1, "positions": len(acct),
+    return {"states": state_counts(eng), "books_s": t_books, "sync_s": t_sync,
+            "init_states_s": time.perf_counter() - t1, "positions": len(acct),
             "isolated": int(iso.sum()), "btc_holders": int(has_btc.sum())}
 
 
@@ -295,148 +267,43 @@ def sanity_check(eng: PartitionEngine, rng: np.random.Generator, n: int = 500) -
 
 
 # --------------------------------------------------------------------------------------
-# --what-if: the kernels.py changes proposed in bench/README.md, patched into THIS
-# process only (the core is not edited). Same formulas, same summation order: the
-# results are checked bit for bit against the unpatched methods before timing.
-# --------------------------------------------------------------------------------------
-def _cols(mat: np.ndarray, rows: np.ndarray, n: int) -> np.ndarray:
-    """``mat[:, rows]`` as a C-contiguous (w, k) array: a view when rows = 0..n-1."""
-    if len(rows) == n and (n == 0 or (rows[0] == 0 and rows[-1] == n - 1)):
-        return mat[:, :n]
-    return np.take(mat, rows, axis=1)
-
-
-def _evaluate_cross_whatif(self, rows):
-    from streams.margin.kernels import CrossEval
-
-    k = len(rows)
-    n = len(self.ids)
-    equity, mm, gross = np.zeros(k), np.zeros(k), np.zeros(k)
-    unpriced = np.zeros(k, bool)
-    for a in range(len(self.assets)):
-        bal = _cols(self.bal[a:a + 1], rows, n)[0]
-        net = bal.copy()
-        g = np.abs(bal)
-        m = None
-        if a in self.U:
-            used = len(self.settle_symbols[a])  # columns past it are padding: all +0.0, adding them is a no-op
-            U, M, G = (_cols(x[a][:used], rows, n) for x in (self.U, self.M, self.G))
-            m = np.zeros(k)
-            for j in range(used):  # same fixed order as kernels.py
-                net += U[j]
-                m += M[j]
-                g += G[j]
-        p = self.price[a]
-        if math.isnan(p):
-            unpriced |= net != 0
-            continue
-        h = self.haircut[a]
-        equity += np.where(net > 0, net * (p * (1.0 - h)), net * p)
-        gross += g * p
-        if m is not None:
-            mm += m * p
-            gross += m * p
-    # rows with a cross position near a tier bound: few; scatter them (no (w, cap) bool matrix)
-    flag = np.zeros(n, bool)
-    for col in self.symbols.values():
-        s = np.flatnonzero(col.near_tier[: col.n] & ~col.iso[: col.n])
-        if len(s):
-            flag[col.rows[s]] = True
-    near = self._near(equity, mm, gross) | flag[rows]
-    return CrossEval(rows, equity, mm, gross, unpriced, near)
-
-
-def _compute_whatif(self, sl):
-    from streams.margin.kernels import NEAR
-
-    q = self.qty[sl]
-    m = self.lastp[sl] if math.isnan(self.mark) else np.full(q.shape, self.mark)
-    aq = np.abs(q) * self.c
-    if self.inverse:
-        inv_m = 1.0 / m
-        n = aq * inv_m
-        upnl = q * self.c * (self.entry[sl] - inv_m)
-        gross = aq * (self.entry[sl] + inv_m)
-    else:
-        n = aq * m
-        upnl = q * self.c * (m - self.entry[sl])
-        gross = aq * (m + self.entry[sl])
-    tiers = self.inst.tiers
-    k = tiers.index_f(n)
-    mm = n * tiers.mmrs[k] - tiers.amounts[k]
-    mm[n == 0] = 0.0
-    self.notional[sl], self.upnl[sl], self.mm[sl], self.gross[sl] = n, upnl, mm, gross
-    nb = len(tiers.bounds)
-    if nb > 1:  # only the bounds on either side of N can be the nearest
-        fin = tiers.bounds[:-1]
-        lo, hi = fin[np.clip(k - 1, 0, nb - 2)], fin[np.clip(k, 0, nb - 2)]
-        d = np.minimum(np.abs(n - lo), np.abs(n - hi))
-        self.near_tier[sl] = d <= NEAR * np.maximum(n, 1e-300)
-    else:
-        self.near_tier[sl] = False
-
-
-def _write_cross_whatif(self, col, slots):
-    rows = col.rows[slots]
-    cross = ~col.iso[slots]
-    a, j = col.asset_col, col.j
-    self.U[a][j, rows] = np.where(cross, col.upnl[slots], 0.0)
-    self.M[a][j, rows] = np.where(cross, col.mm[slots], 0.0)
-    self.G[a][j, rows] = np.where(cross, col.gross[slots], 0.0)
-
-
-def install_whatif(eng: PartitionEngine) -> None:
-    from streams.margin.kernels import ColumnarIndex, SymbolColumn
-
-    idx = eng.index
-    rows = np.arange(len(idx.ids))
-    before = ColumnarIndex.evaluate_cross(idx, rows)
-    after = _evaluate_cross_whatif(idx, rows)
-    assert before.equity.tobytes() == after.equity.tobytes() and before.mm.tobytes() == after.mm.tobytes()
-    assert np.array_equal(before.near, after.near) and np.array_equal(before.unpriced, after.unpriced)
-    for col in idx.symbols.values():
-        nt = col.near_tier[: col.n].copy()
-        _compute_whatif(col, np.arange(col.n))
-        assert np.array_equal(nt, col.near_tier[: col.n])
-    ColumnarIndex.evaluate_cross = _evaluate_cross_whatif
-    ColumnarIndex._write_cross = _write_cross_whatif
-    SymbolColumn.compute = _compute_whatif
-
-
-# --------------------------------------------------------------------------------------
 # (a) vectorized evaluator, (b) reference, (c) status, (d) full apply
 # --------------------------------------------------------------------------------------
 def vectorized_tick(eng: PartitionEngine, symbol: str, mark_f: float):
     """What _apply_mark + _evaluate compute for a tick, minus the outputs."""
     idx = eng.index
-    mask = np.zeros(len(idx.ids), bool)
-    slots = idx.set_mark(symbol, mark_f)
+    n = len(idx.ids)
     col = idx.symbols[symbol]
-    mask[col.rows[slots]] = True
-    for a, rec in eng.market.assets.items():
-        if rec.price_symbol == symbol:
-            idx.add_asset(a, mark_f, float(rec.haircut))
+    sl = idx.set_mark(symbol, mark_f)
+    priced = [(a, rec) for a, rec in eng.market.assets.items() if rec.price_symbol == symbol]
+    for a, rec in priced:
+        idx.add_asset(a, mark_f, float(rec.haircut))
+    if col.n == n:
+        rows = np.arange(n)  # every account holds the symbol
+    else:
+        mask = np.zeros(n, bool)
+        mask[col.rows[sl]] = True
+        for a, _ in priced:
             mask[idx.rows_exposed_to(a)] = True
-    rows = np.flatnonzero(mask)
-    # isolated scopes of the symbol
-    iso_slots = slots[col.iso[slots]]
-    ieq, imm, inear = idx.evaluate_isolated(col, iso_slots)
+        rows = np.flatnonzero(mask)
+    # isolated scopes of the symbol: values, screen and float decision
+    iso_slots = np.flatnonzero(col.iso[sl])
     iprev = col.iso_state[iso_slots]
-    inew = idx.decide(ieq, imm, iprev)
+    ieq, imm, inear, inew = idx.evaluate_isolated(col, iso_slots, iprev)
     n_exact = 0
     for i in np.flatnonzero(inear):
         inew[i] = eng._exact_isolated_state(col, int(iso_slots[i]), int(iprev[i]))
         n_exact += 1
-    # cross scopes
-    ce = idx.evaluate_cross(rows)
-    prev = idx.cross_state[rows]
-    new = idx.decide(ce.equity, ce.mm, prev)
+    # cross scopes: values, ratio, screen and float decision in one blocked pass
+    lo = int(rows[0]) if len(rows) else 0
+    sel = slice(lo, lo + len(rows)) if len(rows) and int(rows[-1]) - lo + 1 == len(rows) else rows
+    prev = idx.cross_state[sel].copy()
+    ce = idx.evaluate_cross(rows, prev, sorted_unique=True, want_gross=False)
+    new = ce.state
     for i in np.flatnonzero(ce.near):
         new[i] = eng._exact_cross_state(int(rows[i]), int(prev[i]))
         n_exact += 1
-    with np.errstate(divide="ignore", invalid="ignore"):
-        ratio = np.where(ce.mm == 0, 0.0, np.where(ce.equity > 0, ce.mm / ce.equity, np.nan))
-    return rows, ce, ratio, new, inew, n_exact
+    return rows, ce, ce.ratio, new, inew, n_exact
 
 
 def reference_sample(eng: PartitionEngine, rows_sample: np.ndarray) -> tuple[float, list[int]]:
@@ -455,6 +322,43 @@ def reference_sample(eng: PartitionEngine, rows_sample: np.ndarray) -> tuple[flo
     return time.perf_counter() - t0, states
 
 
+def restore_check(eng: PartitionEngine, cfg: MarginConfig, per_row_sample: int) -> dict:
+    """(e) The whole partition through its state records (``records.*_record`` and a JSON
+    round trip, as the adapter persists them), then ``records.restore`` into a fresh
+    engine (bulk path); the rebuilt index must equal the original bit for bit. The
+    per-account path (``bulk=False``) is timed on a sample and extrapolated."""
+    import orjson
+
+    from streams.margin import records
+
+    t0 = time.perf_counter()
+    ids = sorted(eng.accounts)
+    accts = [(a, orjson.loads(orjson.dumps(records.account_record(eng, a)))) for a in ids]
+    params = orjson.loads(orjson.dumps(records.params_record(eng)))
+    marks = orjson.loads(orjson.dumps(records.marks_record(eng)))
+    t_rec = time.perf_counter() - t0
+    fresh = PartitionEngine(cfg)
+    t0 = time.perf_counter()
+    records.restore(fresh, params, marks, accts, [])
+    t_restore = time.perf_counter() - t0
+    a_rows = np.array([eng.index.row_of[a] for a in ids])
+    b_rows = np.array([fresh.index.row_of[a] for a in ids])
+    ea = eng.index.evaluate_cross(a_rows)
+    eb = fresh.index.evaluate_cross(b_rows)
+    assert ea.equity.tobytes() == eb.equity.tobytes() and ea.mm.tobytes() == eb.mm.tobytes()
+    assert np.array_equal(eng.index.cross_state[a_rows], fresh.index.cross_state[b_rows])
+    positions = sum(len(r["book"]["p"]) for _, r in accts)
+    k = min(per_row_sample, len(accts))
+    slow = PartitionEngine(cfg)
+    t0 = time.perf_counter()
+    records.restore(slow, params, marks, accts[:k], [], bulk=False)
+    t_slow = time.perf_counter() - t0
+    slow_pos = sum(len(r["book"]["p"]) for _, r in accts[:k])
+    del fresh, slow
+    return {"accounts": len(accts), "positions": positions, "records_s": t_rec, "restore_s": t_restore,
+            "per_row_sample": k, "per_row_extrapolated_s": t_slow * positions / max(slow_pos, 1)}
+
+
 def pct(xs, q):
     return float(np.percentile(np.array(xs), q))
 
@@ -471,8 +375,9 @@ def main(argv=None) -> int:
     ap.add_argument("--move-bp", type=float, default=5.0, help="std of a tick's relative move, basis points")
     ap.add_argument("--seed", type=int, default=7)
     ap.add_argument("--profile", action="store_true", help="cProfile the vectorized path and print the top lines")
-    ap.add_argument("--what-if", action="store_true",
-                    help="patch the proposed kernels.py changes into this process (bit-identical check first)")
+    ap.add_argument("--no-restore", action="store_true", help="skip (e): records.restore of the whole partition")
+    ap.add_argument("--restore-sample", type=int, default=5000,
+                    help="accounts restored with the per-account path (bulk=False), extrapolated")
     args = ap.parse_args(argv)
 
     gc.disable()  # the book is ~millions of long-lived objects: keep the collector out of the timings
@@ -482,13 +387,9 @@ def main(argv=None) -> int:
     rng = np.random.default_rng(args.seed + 1)
     sane = sanity_check(eng, rng)
     print(f"built {args.accounts:,} accounts / {info['positions']:,} positions "
-          f"({info['isolated']:,} isolated, {info['btc_holders']:,} with BTC) in {info['build_s']:.1f}s "
-          f"+ initial states {info['init_states_s']:.1f}s; sanity vs reference on {sane['sample']} accounts: "
+          f"({info['isolated']:,} isolated, {info['btc_holders']:,} with BTC): books {info['books_s']:.1f}s, "
+          f"index bulk load (sync_rows) {info['sync_s']:.1f}s, initial states {info['init_states_s']:.1f}s; sanity vs reference on {sane['sample']} accounts: "
           f"max rel err {sane['max_rel_err']:.1e}; accounts by worst state: {info['states']}")
-
-    if args.what_if:
-        install_whatif(eng)
-        print("--what-if: proposed kernels.py changes patched in (bit-identical on all accounts)")
 
     price = D(str(SYMBOLS[TICKED][3]))
     seq = 1
@@ -568,12 +469,25 @@ def main(argv=None) -> int:
     status_mod.liquidation_price = orig
 
     # ---- (d) the full apply path ---------------------------------------------------------
-    apply_ms, apply_cpu, outs, statuses, calls = [], [], [], [], []
+    apply_ms, apply_cpu, outs, statuses, calls, body_ms = [], [], [], [], [], []
     apply_prof = cProfile.Profile() if args.profile else None
+    # time spent building payload bodies (margin-status with liquidation prices, calls,
+    # liquidation orders) inside apply: the status emission, reported apart
+    body_t = [0.0]
+    builder = eng.status
+    for name in ("margin_status", "margin_call", "liquidation"):
+        def timed_body(*a, _f=getattr(builder, name), **kw):
+            t = time.perf_counter()
+            try:
+                return _f(*a, **kw)
+            finally:
+                body_t[0] += time.perf_counter() - t
+        setattr(builder, name, timed_body)
     for t in range(args.warmup + args.ticks):
         tick = next_tick()
         if apply_prof is not None and t >= args.warmup:
             apply_prof.enable()
+        body_t[0] = 0.0
         c0, t0 = time.process_time(), time.perf_counter()
         res = eng.apply(tick)
         dt, dc = time.perf_counter() - t0, time.process_time() - c0
@@ -582,10 +496,15 @@ def main(argv=None) -> int:
         if t >= args.warmup:
             apply_ms.append(dt * 1e3)
             apply_cpu.append(dc * 1e3)
+            body_ms.append(body_t[0] * 1e3)
             outs.append(len(res.outputs))
             statuses.append(sum(o.topic == "margin-status" for o in res.outputs))
             calls.append(sum(o.topic != "margin-status" for o in res.outputs))
     eng.take_dirty()
+    rss_ticks = peak_rss_mb()
+
+    # ---- (e) restore of the whole partition from its records ----------------------------
+    rst = None if args.no_restore else restore_check(eng, cfg, args.restore_sample)
 
     m = machine()
     rows_tbl = [
@@ -602,13 +521,25 @@ def main(argv=None) -> int:
         ("(d) engine.apply(MarkTick) full path", f"{float(np.median(apply_ms)):9.2f} ms", f"{pct(apply_ms, 90):9.2f} ms",
          f"outputs/tick median {int(np.median(outs))} (status {int(np.median(statuses))}, calls/liqs {int(np.median(calls))}), max {max(outs)}"),
         ("    same, CPU time of the process", f"{float(np.median(apply_cpu)):9.2f} ms", f"{pct(apply_cpu, 90):9.2f} ms", ""),
+        ("    of which payload bodies (status emission)", f"{float(np.median(body_ms)):9.2f} ms", f"{pct(body_ms, 90):9.2f} ms",
+         "margin_status (incl. liquidation prices), margin-calls, liquidation orders"),
+        ("    apply minus payload bodies", f"{float(np.median(np.subtract(apply_ms, body_ms))):9.2f} ms",
+         f"{pct(np.subtract(apply_ms, body_ms), 90):9.2f} ms", "decisions, transitions, emission triggers"),
     ]
+    if rst is not None:
+        rows_tbl += [
+            ("(e) records.restore, bulk (whole partition)", f"{rst['restore_s']:9.2f} s", "",
+             f"{rst['accounts']:,} accounts / {rst['positions']:,} positions from JSON records "
+             f"(records built in {rst['records_s']:.1f} s); index bit-identical to the original"),
+            ("    per-account path (bulk=False), extrapolated", f"{rst['per_row_extrapolated_s']:9.1f} s", "",
+             f"timed on {rst['per_row_sample']:,} accounts"),
+        ]
     print()
     print(f"{'measure':55s} {'median':>12s} {'p90':>12s}  notes")
     for name, a, b, note in rows_tbl:
         print(f"{name:55s} {a:>12s} {b:>12s}  {note}")
     print(f"\nmachine: nproc={m['nproc']} loadavg={m['loadavg']} cpu={m['cpu']!r} python {m['python']} numpy {m['numpy']}; "
-          f"peak RSS {peak_rss_mb():.0f} MiB; target: median <= 25 ms/tick, >= 50x reference -> "
+          f"peak RSS {rss_ticks:.0f} MiB (ticks), {peak_rss_mb():.0f} MiB (with (e)); target: median <= 25 ms/tick, >= 50x reference -> "
           f"{'MET' if med <= 25 and ref_med / med >= 50 else 'MISSED'}")
     if prof_text:
         print("\ncProfile of 5 vectorized ticks (tottime):\n" + prof_text)
@@ -620,7 +551,6 @@ def main(argv=None) -> int:
     out = {
         "bench": "engine.mark_tick", "accounts": args.accounts, "positions": info["positions"],
         "touched_accounts": int(np.median(touched)), "ticks": args.ticks,
-        "what_if": bool(args.what_if),
         "median_ms": round(med, 3), "p90_ms": round(p90, 3),
         "cpu_median_ms": round(float(np.median(vec_cpu)), 3), "cpu_p90_ms": round(pct(vec_cpu, 90), 3),
         "positions_per_s": round(positions_per_tick / (med / 1e3)),
@@ -632,7 +562,10 @@ def main(argv=None) -> int:
         "apply_median_ms": round(float(np.median(apply_ms)), 3), "apply_p90_ms": round(pct(apply_ms, 90), 3),
         "apply_cpu_median_ms": round(float(np.median(apply_cpu)), 3),
         "apply_outputs_per_tick": int(np.median(outs)), "initial_states": info["states"],
-        "peak_rss_mb": round(peak_rss_mb()), **m,
+        "apply_bodies_median_ms": round(float(np.median(body_ms)), 3),
+        "restore_s": None if rst is None else round(rst["restore_s"], 2),
+        "restore_per_row_extrapolated_s": None if rst is None else round(rst["per_row_extrapolated_s"], 1),
+        "peak_rss_mb": round(rss_ticks), "peak_rss_with_restore_mb": round(peak_rss_mb()), **m,
     }
     print(json.dumps(out))
     return 0

@@ -30,6 +30,7 @@ from .events import (
     ACCOUNT_SNAPSHOTS,
     COLLATERAL,
     FILLS,
+    ISOLATED,
     AccountSnapshot,
     AssetParams,
     CollateralChange,
@@ -141,18 +142,24 @@ class PartitionEngine:
         self._dirty_globals = True
         mark_f = float(tick.mark_price)
         idx = self.index
-        mask = np.zeros(len(idx.ids), bool)
+        n = len(idx.ids)
         iso = []
         col = idx.symbols.get(tick.symbol)
         if col is not None:
             sl = idx.set_mark(tick.symbol, mark_f)
-            mask[col.rows[sl]] = True
             iso.append((col, np.flatnonzero(col.iso[sl])))
-        for asset, rec in self.market.assets.items():
-            if rec.price_symbol == tick.symbol:
-                idx.add_asset(asset, mark_f, float(rec.haircut))
+        priced = [(a, rec) for a, rec in self.market.assets.items() if rec.price_symbol == tick.symbol]
+        for asset, rec in priced:
+            idx.add_asset(asset, mark_f, float(rec.haircut))
+        if col is not None and col.n == n:
+            rows = np.arange(n)  # every row holds the symbol (a column's rows are distinct)
+        else:
+            mask = np.zeros(n, bool)
+            if col is not None:
+                mask[col.rows[: col.n]] = True
+            for asset, _ in priced:
                 mask[idx.rows_exposed_to(asset)] = True
-        rows = np.flatnonzero(mask)
+            rows = np.flatnonzero(mask)
         cause = {"topic": tick.topic, "id": tick.cause_id, "ts": tick.ts}
         return ApplyResult(APPLIED, self._evaluate(rows, iso, cause, ts, {}))
 
@@ -297,64 +304,82 @@ class PartitionEngine:
         idx.set_balances(row, {a: float(v) for a, v in book.balances.items()})
         for symbol in list(idx.held[row]):
             if symbol not in book.positions:
-                idx.remove_position(row, symbol)
+                idx.remove_position(row, symbol, pack=False)
         for symbol, p in book.positions.items():
             col = idx.symbols[symbol]
             slot = col.slot_of.get(row)
             iso_state = int(col.iso_state[slot]) if (slot is not None and p.isolated) else 0
             idx.set_position(row, symbol, float(p.qty), float(p.entry) if p.entry else 0.0,
-                             float(p.last_price), p.isolated, float(p.isolated_margin), iso_state)
+                             float(p.last_price), p.isolated, float(p.isolated_margin), iso_state, pack=False)
+        idx.pack_row(row)
 
-    def sync_rows(self, items: list[tuple[int, AccountState]]) -> None:
+    def sync_rows(self, items: list[tuple], records: list[dict] | None = None) -> None:
         """``_sync_row`` of many accounts at once (bulk loading, ``records.restore``).
 
-        Rows that hold nothing in the index yet are loaded per symbol in one pass
-        (``ColumnarIndex.load_symbol``): their slots come in the order of ``items``,
-        and every value has the same bits as one ``_sync_row`` per account would give.
-        Other rows take ``_sync_row``.
+        ``items``: (row, AccountState). Rows that hold nothing in the index yet are
+        loaded per symbol in one pass (``ColumnarIndex.load_symbol``, then
+        ``pack_rows``): their slots come in the order of ``items``, and every value has
+        the same bits as one ``_sync_row`` per account would give. Other rows take
+        ``_sync_row``. ``records`` (optional, parallel to ``items``): each book's state
+        record (``AccountBook.to_record``), whose decimal strings convert to floats
+        faster than the Decimals do, to the same floats (both round correctly).
         """
         idx = self.index
         for _, state in items:
             for asset in state.book.balances:
                 if asset not in idx.asset_col:
                     self._add_balance_asset(asset)
-        fresh: list[tuple[int, AccountState]] = []
+        fresh: list[int] = []
         seen_rows: set[int] = set()
-        for row, state in items:
-            if idx.held[row] or row in seen_rows:
+        held = idx.held
+        for i, (row, state) in enumerate(items):
+            if held[row] or row in seen_rows:
                 self._sync_row(row, state)
             else:
                 seen_rows.add(row)
-                fresh.append((row, state))
+                fresh.append(i)
         if not fresh:
             return
-        idx.bal[:, np.fromiter((r for r, _ in fresh), np.int64, len(fresh))] = 0.0
-        balances: dict[int, tuple[list, list]] = {}
-        positions: dict[str, tuple[list, ...]] = {}
-        asset_col = idx.asset_col
-        for row, state in fresh:
-            book = state.book
-            for a, v in book.balances.items():
+        rows_all = np.fromiter((items[i][0] for i in fresh), np.int64, len(fresh))
+        idx.bal[:, rows_all] = 0.0
+        balances: dict[str, tuple[list, list]] = {}
+        positions: dict[str, tuple[list, list]] = {}  # symbol -> (rows, positions or record entries)
+        books = [records[i] for i in fresh] if records is not None else [items[i][1].book for i in fresh]
+        for row, book in zip(rows_all.tolist(), books):
+            bals, poss = (book["b"], book["p"]) if records is not None else (book.balances, book.positions.values())
+            for a, v in bals.items():
                 t = balances.get(a)
                 if t is None:
                     t = balances[a] = ([], [])
                 t[0].append(row)
-                t[1].append(float(v))
-            for symbol, p in book.positions.items():
-                t = positions.get(symbol)
+                t[1].append(v)
+            for p in poss:
+                sym = p[0] if records is not None else p.symbol
+                t = positions.get(sym)
                 if t is None:
-                    t = positions[symbol] = ([], [], [], [], [], [])
+                    t = positions[sym] = ([], [])
                 t[0].append(row)
-                t[1].append(float(p.qty))
-                t[2].append(float(p.entry) if p.entry else 0.0)
-                t[3].append(float(p.last_price))
-                t[4].append(p.isolated)
-                t[5].append(float(p.isolated_margin))
+                t[1].append(p)
         for a, (rs, vs) in balances.items():
-            idx.bal[asset_col[a], rs] = vs
-        for symbol, (rs, q, e, lp, iso, im) in positions.items():
-            idx.load_symbol(symbol, np.array(rs, np.int64), np.array(q), np.array(e), np.array(lp),
-                            np.array(iso, bool), np.array(im), np.zeros(len(rs), np.int8))
+            idx.bal[idx.asset_col[a], rs] = [float(v) for v in vs]
+        for sym, (rs, ps) in positions.items():
+            if records is not None:
+                # record entries [symbol, qty, entry, mode, isolated margin, last price] (strings):
+                # float(s) == float(Decimal(s)); ``or 0.0`` is ``float(entry) if entry else 0.0``
+                q = [float(p[1]) for p in ps]
+                e = [float(p[2]) or 0.0 for p in ps]
+                lp = [float(p[5]) for p in ps]
+                iso = [p[3] == ISOLATED for p in ps]
+                im = [float(p[4]) for p in ps]
+            else:
+                q = [float(p.qty) for p in ps]
+                e = [float(p.entry) if p.entry else 0.0 for p in ps]
+                lp = [float(p.last_price) for p in ps]
+                iso = [p.margin_mode == ISOLATED for p in ps]
+                im = [float(p.isolated_margin) for p in ps]
+            idx.load_symbol(sym, np.array(rs, np.int64), np.array(q), np.array(e), np.array(lp),
+                            np.array(iso, bool), np.array(im), np.zeros(len(rs), np.int8), pack=False, fresh=True)
+        idx.pack_rows(rows_all)
 
     # -- evaluation and decisions --------------------------------------------------------
     def _evaluate(self, rows: np.ndarray, iso: list, cause: dict, ts: int, changed: dict[int, set[str]]) -> list[Output]:
@@ -365,9 +390,8 @@ class PartitionEngine:
         for col, slots in iso:
             if not len(slots):
                 continue
-            equity, mm, near = idx.evaluate_isolated(col, slots)
             prev = col.iso_state[slots]
-            new = idx.decide(equity, mm, prev)
+            equity, mm, near, new = idx.evaluate_isolated(col, slots, prev)
             for i in np.flatnonzero(near).tolist():
                 new[i] = self._exact_isolated_state(col, int(slots[i]), int(prev[i]))
             for i in np.flatnonzero(new != prev).tolist():
@@ -379,24 +403,19 @@ class PartitionEngine:
             rows = _merge_sorted(rows, transitions.keys())
         if not len(rows):
             return []
-        prev = idx.cross_state[rows]
-        ce = idx.evaluate_cross(rows, prev)
+        # rows ascend strictly; a full run lo..hi is read through views
+        lo = int(rows[0])
+        sel = slice(lo, lo + len(rows)) if int(rows[-1]) - lo + 1 == len(rows) else rows
+        prev = idx.cross_state[sel].copy()
+        ce = idx.evaluate_cross(rows, prev, sorted_unique=True, want_gross=False)
         new = ce.state
         for i in np.flatnonzero(ce.near).tolist():
             new[i] = self._exact_cross_state(int(rows[i]), int(prev[i]))
         for i in np.flatnonzero(new != prev).tolist():
             transitions.setdefault(int(rows[i]), []).insert(0, (CROSS_SCOPE, int(prev[i]), int(new[i])))
-        idx.cross_state[rows] = new
-        # margin-status triggers (vectorized): state changed, book changed or ratio moved
-        ratio = ce.ratio
-        last_ratio = idx.emit_ratio[rows]
-        emit_ts = idx.emit_ts[rows]
-        never = emit_ts < 0
-        r_nan, l_nan = np.isnan(ratio), np.isnan(last_ratio)
-        with np.errstate(invalid="ignore"):
-            moved = np.where(r_nan | l_nan, r_nan != l_nan, np.abs(ratio - last_ratio) >= float(cfg.status_ratio_step))
-        trig = never | idx.book_dirty[rows] | moved
-        emit = trig & (never | (ts - emit_ts >= cfg.status_interval_ms))
+        idx.cross_state[sel] = new
+        # margin-status triggers: state changed, book changed or ratio moved
+        emit = idx.status_due(rows, ce.ratio, ts, float(cfg.status_ratio_step), cfg.status_interval_ms, sorted_unique=True)
         emitting = {int(rows[i]): i for i in np.flatnonzero(emit).tolist()}
         extra = [r for r in transitions if r not in emitting]
         extra += [r for r, scopes in changed.items() if scopes and r not in emitting and r not in transitions]

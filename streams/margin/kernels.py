@@ -3,16 +3,20 @@
 The :class:`ColumnarIndex` mirrors the exact books of one partition in arrays:
 
 * per symbol, its positions (:class:`SymbolColumn`): account row, qty, entry and
-  the values last computed at its mark (notional, uPnL, MM, term magnitude);
-* per settle asset, column-major matrices ``U`` (uPnL), ``M`` (MM) and ``G`` (sum of
-  term magnitudes) with one column per symbol settled in it, cross positions only;
+  the values last computed at its mark (uPnL, MM, term magnitude; the notional is
+  recomputed on demand, ``notional_one``);
+* per settle asset, packed matrices ``U`` (uPnL), ``M`` (MM) and ``G`` (term
+  magnitude) of the cross positions: row r's positions settled in the asset sit in
+  ``[0, cnt[r])`` in the asset's symbol column order, zeros after (:class:`_Packed`) —
+  so a tick reads as many rows of them as accounts hold positions, not one per symbol;
 * per asset, the cross balances ``bal``;
 * per row, ``ntc``: how many of its cross positions lie near a tier bound (an
   integer count, exact, so it does not depend on the order it was kept in).
 
 Every float value of an account is a pure function of its book, the marks and the
 parameters, summed in a fixed order (asset column order, then symbol column
-order), never accumulated across events: so the worker, a replay and a worker
+order; skipping a symbol the account does not hold skips an exact ``+ 0.0``),
+never accumulated across events: so the worker, a replay and a worker
 rebuilt from its changelog compute the same bits. Decisions are screened in
 floats; an account within ``NEAR`` (relative to the magnitude of its terms) of a
 threshold is flagged for the exact decimal reference.
@@ -36,17 +40,9 @@ import numpy as np
 from .instruments import Instrument
 
 NEAR = 1e-9  # relative screening band around every threshold
-_MIN_WIDTH = 4
-BLOCK = 16384  # rows (or slots) per block of the vectorized loops
+_MIN_HEIGHT = 4  # initial rows of the packed matrices
+BLOCK = 32768  # rows (or slots) per block of the vectorized loops
 SMALL = 4  # at most this many rows (or slots): the scalar path
-
-
-def _width(count: int) -> int:
-    """Matrix width for ``count`` symbols: a deterministic function of the count."""
-    w = _MIN_WIDTH
-    while w < count:
-        w *= 2
-    return w
 
 
 def _blocks(start: int, stop: int):
@@ -68,13 +64,15 @@ class SymbolColumn:
         self._alloc(16)
         self.mark: float = math.nan
 
-    # rows..near_tier: the position and its values; crossf: 1.0 for a cross position, 0.0 for an
-    # isolated one (its factor in the cross matrices); counted: cross & near_tier as counted in the
-    # index's per-row ``ntc`` (kept with the slot so a removal can uncount it); t_*: the slot's
-    # tier cache (see _compute_block; t_hi = 0 marks it invalid)
-    _ARRAYS = ("rows", "qty", "entry", "lastp", "iso", "iso_margin", "iso_state", "notional", "upnl", "mm", "gross",
-               "near_tier", "crossf", "counted", "t_lo", "t_hi", "t_mmr", "t_amt")
-    _DTYPES = {"rows": np.int64, "iso": bool, "iso_state": np.int8, "near_tier": bool, "counted": bool}
+    # rows..near_tier: the position and its values; kpos/flat: where the slot's cross terms sit in
+    # the packed matrices (kpos·cap + row; -1: not packed, isolated or not yet packed — index -1
+    # is the buffers' spare last cell); counted: cross & near_tier as counted in the index's per-row
+    # ``ntc`` (kept with the slot so a removal can uncount it); t_*: the slot's tier cache (see
+    # _compute_block; t_hi = 0 marks it invalid)
+    _ARRAYS = ("rows", "qty", "entry", "lastp", "iso", "iso_margin", "iso_state", "upnl", "mm", "gross",
+               "near_tier", "kpos", "flat", "counted", "t_lo", "t_hi", "t_mmr", "t_amt")
+    _DTYPES = {"rows": np.int64, "iso": bool, "iso_state": np.int8, "near_tier": bool, "counted": bool,
+               "kpos": np.int32, "flat": np.int64, "t_lo": np.float32, "t_hi": np.float32}
 
     def _alloc(self, cap: int) -> None:
         for name in self._ARRAYS:
@@ -100,8 +98,12 @@ class SymbolColumn:
             self.fin_hi = np.concatenate([fin, fin[-1:]])
         # tier k is certain, and no bound is within NEAR, for N strictly inside
         # (safe_lo[k], safe_hi[k]): the bounds shrunk by 4·NEAR (N = 0 is never inside)
-        self.safe_lo = np.concatenate([[0.0], fin * (1.0 + 4 * NEAR)])
-        self.safe_hi = np.concatenate([fin * (1.0 - 4 * NEAR), [math.inf]])
+        # (kept in float32, rounded inwards: a narrower band is still a safe one)
+        lo = np.concatenate([[0.0], fin * (1.0 + 4 * NEAR)])
+        hi = np.concatenate([fin * (1.0 - 4 * NEAR), [math.inf]])
+        lo32, hi32 = lo.astype(np.float32), hi.astype(np.float32)
+        self.safe_lo = np.where(lo32 < lo, np.nextafter(lo32, np.float32(np.inf)), lo32)
+        self.safe_hi = np.where(hi32 > hi, np.nextafter(hi32, np.float32(-np.inf)), hi32)
         self.safe_lo_l, self.safe_hi_l = self.safe_lo.tolist(), self.safe_hi.tolist()
         if hasattr(self, "t_hi"):
             self.t_hi[:] = 0.0  # the tier caches are stale
@@ -127,11 +129,12 @@ class SymbolColumn:
             self.n += 1
             self.slot_of[row] = slot
             self.rows[slot] = row
+            self.kpos[slot] = -1
+            self.flat[slot] = -1
         self.qty[slot] = qty
         self.entry[slot] = 1.0 / entry if (self.inverse and entry) else entry
         self.lastp[slot] = lastp
         self.iso[slot] = iso
-        self.crossf[slot] = 0.0 if iso else 1.0
         self.iso_margin[slot] = iso_margin
         self.iso_state[slot] = iso_state
         self.t_hi[slot] = 0.0
@@ -152,7 +155,8 @@ class SymbolColumn:
         self.entry[sl] = entry
         self.lastp[sl] = lastp
         self.iso[sl] = iso
-        self.crossf[sl] = np.where(iso, 0.0, 1.0)
+        self.kpos[sl] = -1
+        self.flat[sl] = -1
         self.iso_margin[sl] = iso_margin
         self.iso_state[sl] = iso_state
         self.near_tier[sl] = False
@@ -205,8 +209,15 @@ class SymbolColumn:
         q = self.qty[sl]
         e = self.entry[sl]
         c = self.c
+        k = len(q)
+        n = np.empty(k)
+        if isinstance(sl, slice):  # compute straight into the column's arrays
+            upnl, gross, mm = self.upnl[sl], self.gross[sl], self.mm[sl]
+        else:
+            upnl, gross, mm = np.empty(k), np.empty(k), np.empty(k)
         aq = np.abs(q)
         aq *= c
+        np.multiply(q, c, out=upnl)
         if math.isnan(self.mark):
             m = self.lastp[sl]
             if self.inverse:
@@ -217,40 +228,37 @@ class SymbolColumn:
             m = self.mark
             inv_m = 1.0 / m if m > 0 else 0.0
         if self.inverse:
-            n = aq * inv_m
-            upnl = q * c
-            upnl *= e - inv_m
-            gross = e + inv_m
-            gross *= aq
+            np.multiply(aq, inv_m, out=n)  # N = |q|c/m
+            upnl *= e - inv_m  # q·c·(1/e − 1/m)
+            np.add(e, inv_m, out=gross)
         else:
-            n = aq * m
-            upnl = q * c
-            upnl *= m - e
-            gross = m + e
-            gross *= aq
+            np.multiply(aq, m, out=n)  # N = |q|c·m
+            upnl *= m - e  # q·c·(m − e)
+            np.add(m, e, out=gross)
+        gross *= aq
         # The tier cache: while N stays strictly inside (t_lo, t_hi) the slot keeps its tier
         # (mmr t_mmr, amount t_amt) and no finite bound is within NEAR of N — the bounds are
         # shrunk by 4·NEAR, far more than any rounding of N or of the test — so MM is
         # N·mmr_k − amount_k with the same floats as a fresh lookup, and near_tier is False.
-        mm = n * self.t_mmr[sl]
+        np.multiply(n, self.t_mmr[sl], out=mm)
         mm -= self.t_amt[sl]
         ok = n > self.t_lo[sl]
         ok &= n < self.t_hi[sl]
         if ok.all():
             near = False
         else:
-            near = np.zeros(len(n), bool)
+            near = np.zeros(k, bool)
             bad = np.flatnonzero(~ok)
             slots = bad + sl.start if isinstance(sl, slice) else sl[bad]
-            k, mm[bad], near[bad] = self._tiers(n[bad])
-            self.t_lo[slots] = self.safe_lo[k]
-            self.t_hi[slots] = self.safe_hi[k]
-            self.t_mmr[slots] = self.mmrs[k]
-            self.t_amt[slots] = self.amounts[k]
-        self.notional[sl] = n
-        self.upnl[sl] = upnl
-        self.mm[sl] = mm
-        self.gross[sl] = gross
+            kt, mm[bad], near[bad] = self._tiers(n[bad])
+            self.t_lo[slots] = self.safe_lo[kt]
+            self.t_hi[slots] = self.safe_hi[kt]
+            self.t_mmr[slots] = self.mmrs[kt]
+            self.t_amt[slots] = self.amounts[kt]
+        if not isinstance(sl, slice):
+            self.upnl[sl] = upnl
+            self.mm[sl] = mm
+            self.gross[sl] = gross
         self.near_tier[sl] = near
 
     def _tiers(self, n: np.ndarray):
@@ -309,7 +317,6 @@ class SymbolColumn:
 
     def compute_one(self, s: int) -> None:
         n, upnl, mm, gross, near, k = self.values_one(s)
-        self.notional[s] = n
         self.upnl[s] = upnl
         self.mm[s] = mm
         self.gross[s] = gross
@@ -319,9 +326,14 @@ class SymbolColumn:
         self.t_mmr[s] = self.mmrs_l[k]
         self.t_amt[s] = self.amounts_l[k]
 
-    def initial_one(self, s: int) -> float:
-        """IM of one slot, ``N·imr_k`` (0 for N = 0)."""
-        n = float(self.notional[s])
+    def notional_one(self, s: int) -> float:
+        """The notional of one slot at the current mark (the bits ``compute`` had)."""
+        return self.values_one(s)[0]
+
+    def initial_one(self, s: int, n: float | None = None) -> float:
+        """IM of one slot, ``N·imr_k`` (0 for N = 0); ``n``: its notional, if known."""
+        if n is None:
+            n = self.notional_one(s)
         if n == 0:
             return 0.0
         k = 0
@@ -332,6 +344,48 @@ class SymbolColumn:
 
     def marks_used(self, slots: np.ndarray) -> np.ndarray:
         return self.lastp[slots] if math.isnan(self.mark) else np.full(len(slots), self.mark)
+
+
+class _Packed:
+    """The cross terms of one settle asset, packed by row.
+
+    ``U``/``M``/``G`` are (K, cap) views of flat buffers with one spare cell at the end
+    (index -1: where slots that are not packed write); ``cnt[r]`` is the number of
+    row r's cross positions in the asset, which sit at ``[0, cnt[r])`` in symbol column
+    order; everything at and past ``cnt[r]`` is +0.0."""
+
+    __slots__ = ("K", "cap", "Uf", "Mf", "Gf", "U", "M", "G", "cnt")
+
+    def __init__(self, K: int, cap: int) -> None:
+        self.K, self.cap = K, cap
+        self.cnt = np.zeros(cap, np.int32)
+        self._alloc(K, cap, None)
+
+    def _alloc(self, K: int, cap: int, old: "_Packed | None") -> None:
+        for name in ("U", "M", "G"):
+            buf = np.zeros(K * cap + 1)
+            mat = buf[: K * cap].reshape(K, cap)
+            if old is not None:
+                o = getattr(old, name)
+                mat[: o.shape[0], : o.shape[1]] = o
+            setattr(self, name + "f", buf)
+            setattr(self, name, mat)
+        self.K, self.cap = K, cap
+
+    def resize(self, K: int, cap: int) -> None:
+        old = _PackedView(self.U, self.M, self.G)
+        if cap != self.cap:
+            cnt = np.zeros(cap, np.int32)
+            cnt[: self.cap] = self.cnt
+            self.cnt = cnt
+        self._alloc(K, cap, old)
+
+
+class _PackedView:
+    __slots__ = ("U", "M", "G")
+
+    def __init__(self, U, M, G) -> None:
+        self.U, self.M, self.G = U, M, G
 
 
 @dataclass
@@ -379,9 +433,7 @@ class ColumnarIndex:
         self.bal = np.zeros((0, self.cap))
         self.symbols: dict[str, SymbolColumn] = {}
         self.settle_symbols: dict[int, list[str]] = {}  # asset col -> symbols in column order
-        self.U: dict[int, np.ndarray] = {}
-        self.M: dict[int, np.ndarray] = {}
-        self.G: dict[int, np.ndarray] = {}
+        self.pk: dict[int, _Packed] = {}  # settle asset col -> its packed cross terms
         self.held: dict[int, set[str]] = {}  # row -> symbols in the index
         self.add_asset(valuation_currency, 1.0, 0.0)
 
@@ -422,10 +474,10 @@ class ColumnarIndex:
         self.book_dirty = grow(self.book_dirty)
         self.ntc = grow(self.ntc)
         self.bal = grow(self.bal)
-        for d in (self.U, self.M, self.G):
-            for k in d:
-                d[k] = grow(d[k])
         self.cap = new
+        for a, pk in self.pk.items():
+            pk.resize(pk.K, new)
+            self._set_flats(a)
 
     def add_asset(self, asset: str, price: float, haircut: float) -> int:
         col = self.asset_col.get(asset)
@@ -452,14 +504,8 @@ class ColumnarIndex:
         names = self.settle_symbols.setdefault(a, [])
         j = len(names)
         names.append(inst.symbol)
-        w = _width(len(names))
-        for d in (self.U, self.M, self.G):
-            old = d.get(a)
-            if old is None or old.shape[0] < w:
-                new = np.zeros((w, self.cap))
-                if old is not None:
-                    new[: old.shape[0]] = old
-                d[a] = new
+        if a not in self.pk:
+            self.pk[a] = _Packed(_MIN_HEIGHT, self.cap)
         col = SymbolColumn(inst, a, j)
         self.symbols[inst.symbol] = col
         return col
@@ -471,100 +517,201 @@ class ColumnarIndex:
             self.bal[self.asset_col[asset], row] = amount
 
     def set_position(self, row: int, symbol: str, qty: float, entry: float, lastp: float,
-                     iso: bool, iso_margin: float, iso_state: int) -> None:
+                     iso: bool, iso_margin: float, iso_state: int, pack: bool = True) -> None:
+        """Put one position (and compute it). ``pack=False`` leaves the row's packed terms
+        to a later ``pack_row`` (after all of the row's changes)."""
         col = self.symbols[symbol]
         slot = col.put(row, qty, entry, lastp, iso, iso_margin, iso_state)
         col.compute_one(slot)
-        self._write_cross_one(col, slot)
+        self._count_near_one(col, slot)
         self.held[row].add(symbol)
+        if pack:
+            self.pack_row(row)
 
-    def load_symbol(self, symbol: str, rows, qty, entry, lastp, iso, iso_margin, iso_state) -> None:
+    def load_symbol(self, symbol: str, rows, qty, entry, lastp, iso, iso_margin, iso_state,
+                    pack: bool = True, fresh: bool = False) -> None:
         """Bulk ``set_position`` for many rows of one symbol (arrays, one entry per row).
 
         Rows already holding the symbol are updated one by one; the others get new
         slots in the given order, computed block by block: the same values, bit for
-        bit, as one ``set_position`` call per row.
+        bit, as one ``set_position`` call per row. ``pack=False``: the caller packs the
+        rows (``pack_rows``) once it has loaded all their symbols. ``fresh``: the caller
+        vouches that no row holds the symbol yet (and that the rows are distinct).
         """
         col = self.symbols[symbol]
         rows = np.asarray(rows, np.int64)
         args = [np.asarray(x) for x in (qty, entry, lastp, iso, iso_margin, iso_state)]
-        known = np.fromiter((r in col.slot_of for r in rows.tolist()), bool, len(rows))
+        if fresh:
+            known = np.zeros(len(rows), bool)
+        else:
+            slot_of = col.slot_of
+            known = np.fromiter((r in slot_of for r in rows.tolist()), bool, len(rows))
         for i in np.flatnonzero(known).tolist():
-            self.set_position(int(rows[i]), symbol, *(x[i].item() for x in args))
+            self.set_position(int(rows[i]), symbol, *(x[i].item() for x in args), pack=False)
         fresh = ~known
+        new_rows = rows
         if fresh.any():
             if not fresh.all():
-                rows = rows[fresh]
+                new_rows = rows[fresh]
                 args = [x[fresh] for x in args]
-            sl = col.append(rows, *args)
-            self._refresh(col, sl.start, sl.stop)
+            sl = col.append(new_rows, *args)
+            self._refresh(col, sl.start, sl.stop, write=False)
             held = self.held
-            for r in rows.tolist():
+            for r in new_rows.tolist():
                 held[r].add(symbol)
+        if pack:
+            self.pack_rows(rows)
 
-    def remove_position(self, row: int, symbol: str) -> None:
+    def remove_position(self, row: int, symbol: str, pack: bool = True) -> None:
         col = self.symbols[symbol]
         slot = col.slot_of.get(row)
         if slot is not None and col.counted[slot]:
             self.ntc[row] -= 1
         col.remove(row)
-        for d in (self.U, self.M, self.G):
-            d[col.asset_col][col.j, row] = 0
         self.held[row].discard(symbol)
+        if pack:
+            self.pack_row(row)
+
+    # -- the packed cross terms -----------------------------------------------------------
+    def _set_flats(self, a: int) -> None:
+        """Recompute ``flat`` of every slot settled in ``a`` (after a resize)."""
+        cap = self.cap
+        for sym in self.settle_symbols.get(a, ()):
+            col = self.symbols[sym]
+            n = col.n
+            k = col.kpos[:n]
+            col.flat[:n] = np.where(k >= 0, k.astype(np.int64) * cap + col.rows[:n], -1)
+
+    def _ensure_height(self, a: int, need: int) -> _Packed:
+        pk = self.pk[a]
+        if need > pk.K:
+            K = pk.K
+            while K < need:
+                K *= 2
+            pk.resize(K, self.cap)
+            self._set_flats(a)
+        return pk
+
+    def pack_row(self, row: int) -> None:
+        """Write row ``row``'s cross terms into the packed matrices, in column order."""
+        by_asset: dict[int, list[SymbolColumn]] = {}
+        for sym in self.held[row]:
+            col = self.symbols[sym]
+            by_asset.setdefault(col.asset_col, []).append(col)
+        cap = self.cap
+        for a, pk in self.pk.items():
+            cols = by_asset.get(a)
+            prev = int(pk.cnt[row])
+            if not cols and not prev:
+                continue
+            k = 0
+            for col in sorted(cols or (), key=lambda c: c.j):
+                s = col.slot_of[row]
+                if col.iso[s]:
+                    col.kpos[s] = -1
+                    col.flat[s] = -1
+                    continue
+                if k >= pk.K:
+                    pk = self._ensure_height(a, k + 1)
+                pk.U[k, row] = col.upnl[s]
+                pk.M[k, row] = col.mm[s]
+                pk.G[k, row] = col.gross[s]
+                col.kpos[s] = k
+                col.flat[s] = k * cap + row
+                k += 1
+            if prev > k:
+                pk.U[k:prev, row] = 0.0
+                pk.M[k:prev, row] = 0.0
+                pk.G[k:prev, row] = 0.0
+            pk.cnt[row] = k
+
+    def pack_rows(self, rows) -> None:
+        """``pack_row`` of many rows at once (vectorized per symbol column)."""
+        rows = np.unique(np.asarray(rows, np.int64))
+        if len(rows) <= SMALL:
+            for r in rows.tolist():
+                self.pack_row(r)
+            return
+        mask = np.zeros(self.cap, bool)
+        mask[rows] = True
+        cap = self.cap
+        for a, pk in self.pk.items():
+            pk.U[:, rows] = 0.0
+            pk.M[:, rows] = 0.0
+            pk.G[:, rows] = 0.0
+            pk.cnt[rows] = 0
+            for sym in self.settle_symbols.get(a, ()):  # column order
+                col = self.symbols[sym]
+                n = col.n
+                s = np.flatnonzero(mask[col.rows[:n]])
+                if not len(s):
+                    continue
+                iso = col.iso[s]
+                col.kpos[s[iso]] = -1
+                col.flat[s[iso]] = -1
+                s = s[~iso]
+                r = col.rows[s]
+                k = pk.cnt[r]
+                if len(k) and int(k.max()) >= pk.K:
+                    pk = self._ensure_height(a, int(k.max()) + 1)
+                pk.U[k, r] = col.upnl[s]
+                pk.M[k, r] = col.mm[s]
+                pk.G[k, r] = col.gross[s]
+                col.kpos[s] = k
+                col.flat[s] = k.astype(np.int64) * cap + r
+                pk.cnt[r] = k + 1  # rows of a column are distinct
 
     def _write_cross(self, col: SymbolColumn, sl) -> None:
-        """The cross terms of slots ``sl`` into the matrices: value × crossf (1 cross,
-        0 isolated — a signed zero, which no sum or test can tell from +0.0)."""
-        rows = col.rows[sl]
-        cf = col.crossf[sl]
-        a, j = col.asset_col, col.j
-        u, mm, g = col.upnl[sl], col.mm[sl], col.gross[sl]
-        if math.isfinite(u.sum() + mm.sum() + g.sum()):
-            self.U[a][j][rows] = u * cf
-            self.M[a][j][rows] = mm * cf
-            self.G[a][j][rows] = g * cf
-        else:  # inf × 0 would be NaN
-            cross = cf != 0
-            self.U[a][j][rows] = np.where(cross, u, 0.0)
-            self.M[a][j][rows] = np.where(cross, mm, 0.0)
-            self.G[a][j][rows] = np.where(cross, g, 0.0)
+        """The cross terms of packed slots ``sl`` into the matrices (the others write the
+        spare cell), and their near-tier counts."""
+        pk = self.pk[col.asset_col]
+        flat = col.flat[sl]
+        pk.Uf[flat] = col.upnl[sl]
+        pk.Mf[flat] = col.mm[sl]
+        pk.Gf[flat] = col.gross[sl]
+        self._count_near(col, sl)
+
+    def _count_near(self, col: SymbolColumn, sl) -> None:
         flag = ~col.iso[sl]
         flag &= col.near_tier[sl]
         changed = flag != col.counted[sl]
         if changed.any():
             i = np.flatnonzero(changed)
+            rows = col.rows[sl]
             self.ntc[rows[i]] += np.where(flag[i], 1, -1).astype(np.int32)  # rows of a column are distinct
             col.counted[sl] = flag
 
-    def _write_cross_one(self, col: SymbolColumn, s: int) -> None:
-        r = int(col.rows[s])
-        a, j = col.asset_col, col.j
-        cf = float(col.crossf[s])
-        u, mm, g = float(col.upnl[s]), float(col.mm[s]), float(col.gross[s])
-        if math.isfinite(u + mm + g):
-            self.U[a][j, r] = u * cf
-            self.M[a][j, r] = mm * cf
-            self.G[a][j, r] = g * cf
-        else:
-            self.U[a][j, r] = u if cf else 0.0
-            self.M[a][j, r] = mm if cf else 0.0
-            self.G[a][j, r] = g if cf else 0.0
-        flag = bool(cf) and bool(col.near_tier[s])
+    def _count_near_one(self, col: SymbolColumn, s: int) -> None:
+        flag = not col.iso[s] and bool(col.near_tier[s])
         if flag != bool(col.counted[s]):
-            self.ntc[r] += 1 if flag else -1
+            self.ntc[int(col.rows[s])] += 1 if flag else -1
             col.counted[s] = flag
 
-    def _refresh(self, col: SymbolColumn, start: int, stop: int) -> None:
-        """Recompute slots ``start:stop`` and write their cross terms, block by block."""
+    def _write_cross_one(self, col: SymbolColumn, s: int) -> None:
+        f = int(col.flat[s])
+        pk = self.pk[col.asset_col]
+        pk.Uf[f] = col.upnl[s]
+        pk.Mf[f] = col.mm[s]
+        pk.Gf[f] = col.gross[s]
+        self._count_near_one(col, s)
+
+    def _refresh(self, col: SymbolColumn, start: int, stop: int, write: bool = True) -> None:
+        """Recompute slots ``start:stop`` (and write their cross terms), block by block."""
         if stop - start <= SMALL:
             for s in range(start, stop):
                 col.compute_one(s)
-                self._write_cross_one(col, s)
+                if write:
+                    self._write_cross_one(col, s)
+                else:
+                    self._count_near_one(col, s)
             return
         for b, e in _blocks(start, stop):
             sl = slice(b, e)
             col._compute_block(sl)
-            self._write_cross(col, sl)
+            if write:
+                self._write_cross(col, sl)
+            else:
+                self._count_near(col, sl)
 
     def set_mark(self, symbol: str, mark: float) -> slice:
         """Recompute every position of ``symbol`` at ``mark``; returns its slots (a slice)."""
@@ -592,9 +739,12 @@ class ColumnarIndex:
         return np.flatnonzero(mask)
 
     # -- evaluation ---------------------------------------------------------------------
-    def evaluate_cross(self, rows, prev: np.ndarray | None = None) -> CrossEval:
+    def evaluate_cross(self, rows, prev: np.ndarray | None = None, sorted_unique: bool = False,
+                       want_gross: bool = True) -> CrossEval:
         """Equity, MM, ratio and the near-threshold screen of the cross scope of ``rows``
-        (and, given their previous states ``prev``, the float decision).
+        (and, given their previous states ``prev``, the float decision). ``sorted_unique``:
+        the caller vouches that ``rows`` ascend strictly (saves a pass). ``want_gross=False``:
+        Σ|terms| (for the screen) is not kept in the result.
 
         ``net_a = bal_a + Σ uPnL``; ``value_a = net_a·P_a·(1 − h_a)`` if net_a > 0 else
         ``net_a·P_a``; equity = Σ value_a; MM = Σ MM_pos·P_settle. Unpriced assets count 0.
@@ -603,13 +753,16 @@ class ColumnarIndex:
         k = len(rows)
         if k <= SMALL:
             return self._evaluate_cross_small(rows, prev)
-        out = _CrossOut(k, prev is not None)
-        lo, hi = int(rows.min()), int(rows.max()) + 1
+        out = _CrossOut(k, prev is not None, want_gross)
+        if sorted_unique:
+            lo, hi = int(rows[0]), int(rows[-1]) + 1
+        else:
+            lo, hi = int(rows.min()), int(rows.max()) + 1
         span = hi - lo
         if 4 * k >= span:
             # dense: evaluate the whole run lo:hi through views, then pick the rows
-            whole = k == span and bool(np.all(rows[1:] > rows[:-1]))
-            res = out if whole else _CrossOut(span, prev is not None)
+            whole = k == span and (sorted_unique or bool(np.all(rows[1:] > rows[:-1])))
+            res = out if whole else _CrossOut(span, prev is not None, want_gross)
             sprev = None
             if prev is not None:
                 if whole:
@@ -632,7 +785,8 @@ class ColumnarIndex:
         """One block of ``evaluate_cross``, written into ``out[at:at + kb]``; the formulas
         and their order are those of the scalar path ``_cross_one``."""
         sl = slice(at, at + kb)
-        equity, mm, gross, unpriced = out.equity[sl], out.mm[sl], out.gross[sl], out.unpriced[sl]
+        equity, mm, unpriced = out.equity[sl], out.mm[sl], out.unpriced[sl]
+        gross = out.gross[sl] if out.gross is not None else np.empty(kb)
         equity.fill(0.0)
         mm.fill(0.0)
         gross.fill(0.0)
@@ -641,16 +795,21 @@ class ColumnarIndex:
         for a in range(len(self.assets)):
             bal = bal_all[a]  # may be a view of self.bal: never written
             m = None
-            if a in self.U:
-                used = len(self.settle_symbols[a])  # columns past it are padding: +0.0, a no-op
-                U, M, G = take(self.U[a][:used]), take(self.M[a][:used]), take(self.G[a][:used])
+            pk = self.pk.get(a)
+            # rows past the block's largest count hold +0.0 only: adding them is a no-op
+            used = int(take(pk.cnt).max()) if pk is not None else 0
+            if used:
+                U, M, G = take(pk.U[:used]), take(pk.M[:used]), take(pk.G[:used])
                 net = bal + U[0]
-                m = M[0] + 0.0  # = 0.0 + M[0]: the sum starts from +0.0
+                # MM sums start from +0.0; 0.0 + M[0] is M[0] (no entry is -0.0: N·mmr − amount
+                # and the 0.0 of N = 0 are never -0.0), so the first add is skipped
+                m = M[0] if used == 1 else M[0] + M[1]  # (M[0] is then read-only)
                 g = np.abs(bal)
                 g += G[0]
                 for j in range(1, used):  # fixed order: the sums are reproducible bit for bit
                     np.add(net, U[j], out=net)
-                    np.add(m, M[j], out=m)
+                    if j > 1:
+                        np.add(m, M[j], out=m)
                     np.add(g, G[j], out=g)
             else:
                 net = bal
@@ -668,7 +827,9 @@ class ColumnarIndex:
                     gross += m
             else:
                 f = p * (1.0 - h)
-                if 0.0 <= f <= p:
+                if f == p:
+                    equity += net * p
+                elif 0.0 <= f <= p:
                     # = where(net > 0, net·f, net·p): with 0 ≤ f ≤ p the smaller product is
                     # the one for net's sign (rounding is monotone; zeros and NaN alike)
                     equity += np.minimum(net * f, net * p)
@@ -677,7 +838,7 @@ class ColumnarIndex:
                 g *= p
                 gross += g
                 if m is not None:
-                    m *= p
+                    m = m * p
                     mm += m
                     gross += m
         near = out.near[sl]
@@ -691,17 +852,7 @@ class ColumnarIndex:
         # threshold: none of _near's tests can hold (each difference MM − level·equity is
         # at most MM − L·equity, in floats too: rounding is monotone) and decide() gives
         # healthy. The others (few) take the full formulas.
-        tol = gross + equity
-        tol += mm
-        tol *= NEAR  # = NEAR·(gross + |equity| + MM) where equity > 0
-        pos = equity > 0
-        lo = self._lowest_level
-        if lo is not None:
-            quiet = (lo * equity - mm) > tol
-            quiet &= pos
-            rest = np.flatnonzero(~quiet)
-        else:
-            rest = None
+        rest = self._not_quiet(equity, mm, gross)
         e, mmr, g = (equity, mm, gross) if rest is None else (equity[rest], mm[rest], gross[rest])
         if rest is None or len(rest):
             nr = self._near(e, mmr, g)
@@ -719,7 +870,8 @@ class ColumnarIndex:
         ratio = out.ratio[sl]
         with np.errstate(divide="ignore", invalid="ignore"):
             np.divide(mm, equity, out=ratio)  # MM/equity where equity > 0 (0 where MM = 0)
-        fix = np.flatnonzero(~pos)
+        # equity ≤ 0 (or NaN): 0 where MM = 0, else null — such rows are never quiet
+        fix = np.flatnonzero(~(equity > 0)) if rest is None else rest[~(equity[rest] > 0)]
         if len(fix):
             ratio[fix] = np.where(mm[fix] == 0, 0.0, np.nan)
 
@@ -734,11 +886,12 @@ class ColumnarIndex:
             net = bal_all[a]
             g = abs(net)
             m = None
-            if a in self.U:
-                used = len(self.settle_symbols[a])
-                us = self.U[a][:used, r].tolist()
-                ms = self.M[a][:used, r].tolist()
-                gs = self.G[a][:used, r].tolist()
+            pk = self.pk.get(a)
+            used = int(pk.cnt[r]) if pk is not None else 0
+            if used:
+                us = pk.U[:used, r].tolist()
+                ms = pk.M[:used, r].tolist()
+                gs = pk.G[:used, r].tolist()
                 m = 0.0
                 for j in range(used):
                     net += us[j]
@@ -771,6 +924,47 @@ class ColumnarIndex:
             if prev is not None:
                 out.state[i] = self.decide_one(equity, mm, int(prev[i]))
         return out.result(rows)
+
+    def status_due(self, rows: np.ndarray, ratio: np.ndarray, ts: int, step: float, interval: int,
+                   sorted_unique: bool = False) -> np.ndarray:
+        """Which ``rows`` (with current ratios ``ratio``, NaN = null) are due a margin-status:
+        never sent one, or — the book changed or the ratio moved by ≥ ``step`` (to or
+        from null counts) — and ``interval`` ms of event time have passed since the last."""
+        k = len(rows)
+        out = np.empty(k, bool)
+        if k <= SMALL:
+            for i, r in enumerate(rows.tolist()):
+                et = int(self.emit_ts[r])
+                x, last = float(ratio[i]), float(self.emit_ratio[r])
+                if x != x or last != last:
+                    moved = (x != x) != (last != last)
+                else:
+                    moved = abs(x - last) >= step
+                never = et < 0
+                out[i] = (never or bool(self.book_dirty[r]) or moved) and (never or ts - et >= interval)
+            return out
+        lo = int(rows[0])
+        contiguous = sorted_unique and int(rows[-1]) - lo + 1 == k
+        for b, e in _blocks(0, k):
+            sel = slice(lo + b, lo + e) if contiguous else rows[b:e]
+            et = self.emit_ts[sel]
+            last = self.emit_ratio[sel]
+            x = ratio[b:e]
+            with np.errstate(invalid="ignore"):
+                d = x - last
+                np.abs(d, out=d)
+                moved = d >= step
+            nan = np.isnan(d)
+            if nan.any():  # a null ratio on either side: moved iff exactly one is null
+                i = np.flatnonzero(nan)
+                moved[i] = np.isnan(x[i]) != np.isnan(last[i])
+            never = et < 0
+            moved |= never
+            moved |= self.book_dirty[sel]
+            allowed = (ts - et) >= interval
+            allowed |= never
+            np.logical_and(moved, allowed, out=out[b:e])
+        return out
 
     def _near(self, equity: np.ndarray, mm: np.ndarray, gross: np.ndarray) -> np.ndarray:
         tol = NEAR * (gross + np.abs(equity) + mm)
@@ -805,24 +999,57 @@ class ColumnarIndex:
             return 1
         return 0
 
-    def evaluate_isolated(self, col: SymbolColumn, slots: np.ndarray):
-        """Equity (margin + uPnL), MM and near screen of isolated positions ``slots``."""
+    def evaluate_isolated(self, col: SymbolColumn, slots: np.ndarray, prev: np.ndarray | None = None):
+        """Equity (margin + uPnL), MM and near screen of isolated positions ``slots``; given
+        their previous states ``prev``, also the float decision (a fourth array)."""
         slots = np.asarray(slots)
-        if len(slots) <= SMALL:
-            k = len(slots)
+        k = len(slots)
+        if k <= SMALL:
             equity, mm, near = np.zeros(k), np.zeros(k), np.zeros(k, bool)
+            state = np.zeros(k, np.int8)
             for i, s in enumerate(slots.tolist()):
                 margin = float(col.iso_margin[s])
                 e = margin + float(col.upnl[s])
                 m = float(col.mm[s])
                 equity[i], mm[i] = e, m
                 near[i] = self.near_one(e, m, abs(margin) + float(col.gross[s])) or bool(col.near_tier[s])
-            return equity, mm, near
-        equity = col.iso_margin[slots] + col.upnl[slots]
+                if prev is not None:
+                    state[i] = self.decide_one(e, m, int(prev[i]))
+            return (equity, mm, near) if prev is None else (equity, mm, near, state)
+        margin = col.iso_margin[slots]
+        equity = margin + col.upnl[slots]
         mm = col.mm[slots]
-        gross = np.abs(col.iso_margin[slots]) + col.gross[slots]
-        near = self._near(equity, mm, gross) | col.near_tier[slots]
-        return equity, mm, near
+        gross = np.abs(margin)
+        gross += col.gross[slots]
+        near = col.near_tier[slots]
+        state = np.zeros(k, np.int8)
+        # the quiet rows (see _cross_block) are healthy and not near; the rest take the formulas
+        rest = self._not_quiet(equity, mm, gross)
+        e, m, g = (equity, mm, gross) if rest is None else (equity[rest], mm[rest], gross[rest])
+        if rest is None or len(rest):
+            nr = self._near(e, m, g)
+            if rest is None:
+                near |= nr
+            else:
+                near[rest] |= nr
+            if prev is not None:
+                state[slice(None) if rest is None else rest] = self.decide(e, m, prev if rest is None else prev[rest])
+        return (equity, mm, near) if prev is None else (equity, mm, near, state)
+
+    def _not_quiet(self, equity: np.ndarray, mm: np.ndarray, gross: np.ndarray) -> np.ndarray | None:
+        """Indices of the scopes that are not quiet (None: all of them; see _cross_block)."""
+        lo = self._lowest_level
+        if lo is None:
+            return None
+        tol = gross + equity
+        tol += mm
+        tol *= NEAR  # = NEAR·(gross + |equity| + MM) where equity > 0
+        quiet = lo * equity
+        quiet -= mm
+        quiet = quiet > tol
+        quiet &= equity > 0
+        np.logical_not(quiet, out=quiet)
+        return np.flatnonzero(quiet)
 
 
 class _SliceTake:
@@ -852,10 +1079,10 @@ class _IndexTake:
 class _CrossOut:
     __slots__ = ("equity", "mm", "gross", "unpriced", "near", "ratio", "state")
 
-    def __init__(self, k: int, with_state: bool) -> None:
+    def __init__(self, k: int, with_state: bool, with_gross: bool = True) -> None:
         self.equity = np.empty(k)
         self.mm = np.empty(k)
-        self.gross = np.empty(k)
+        self.gross = np.empty(k) if with_gross else None
         self.unpriced = np.empty(k, bool)
         self.near = np.empty(k, bool)
         self.ratio = np.empty(k)

@@ -84,8 +84,14 @@ def account_record(engine, account_id: str) -> dict:
     }
 
 
-def restore(engine, params_rec: dict | None, marks_rec: dict | None, accounts: Iterable[tuple[str, dict]], seen: Iterable[tuple[str, str]]) -> None:
-    """Rebuild a fresh engine (seeded or not) from records."""
+def restore(engine, params_rec: dict | None, marks_rec: dict | None, accounts: Iterable[tuple[str, dict]],
+            seen: Iterable[tuple[str, str]], bulk: bool = True) -> None:
+    """Rebuild a fresh engine (seeded or not) from records.
+
+    ``bulk`` (the default) mirrors all the books into the index at once
+    (``PartitionEngine.sync_rows``: one vectorized pass per symbol); ``bulk=False``
+    takes ``_sync_row`` per account. Both give the same arrays, bit for bit.
+    """
     from .engine import AccountState
 
     idx = engine.index
@@ -117,19 +123,28 @@ def restore(engine, params_rec: dict | None, marks_rec: dict | None, accounts: I
     for s, col in idx.symbols.items():
         if s in m.marks:
             col.mark = float(m.marks[s])
+    loaded: list[tuple[str, dict, AccountState]] = []
     for account_id, rec in accounts:
         state = AccountState(AccountBook.from_record(account_id, rec["book"]))
         state.episodes = {k: list(v) for k, v in rec["ep"].items()}
         engine.accounts[account_id] = state
-        r = idx.row(account_id)
-        engine._sync_row(r, state)
-        idx.cross_state[r] = rec["cs"]
+        loaded.append((account_id, rec, state))
+    rows = idx.rows_for([a for a, _, _ in loaded])
+    if bulk:
+        engine.sync_rows([(r, st) for r, (_, _, st) in zip(rows, loaded)], [rec["book"] for _, rec, _ in loaded])
+    else:
+        for r, (_, _, st) in zip(rows, loaded):
+            engine._sync_row(r, st)
+    for r, (_, rec, _) in zip(rows, loaded):
         for symbol, code in rec["is"].items():
             col = idx.symbols[symbol]
             col.iso_state[col.slot_of[r]] = code
-        idx.emit_ts[r] = rec["et"]
-        idx.emit_ratio[r] = math.nan if rec["er"] is None else float(rec["er"])
-        idx.book_dirty[r] = rec["bd"]
+    if loaded:
+        ra = np.array(rows, np.int64)
+        idx.cross_state[ra] = [rec["cs"] for _, rec, _ in loaded]
+        idx.emit_ts[ra] = [rec["et"] for _, rec, _ in loaded]
+        idx.emit_ratio[ra] = [math.nan if rec["er"] is None else float(rec["er"]) for _, rec, _ in loaded]
+        idx.book_dirty[ra] = [rec["bd"] for _, rec, _ in loaded]
     for key, fp in seen:
         engine.seen[key] = fp
 

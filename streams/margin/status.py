@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import math
 from decimal import Decimal
+from functools import lru_cache
 from typing import TYPE_CHECKING
 
 from .kernels import ratio_of
@@ -20,6 +21,34 @@ if TYPE_CHECKING:  # pragma: no cover
     from .engine import PartitionEngine
 
 ZERO = Decimal(0)
+_INF = math.inf
+
+
+def fmt_sig_float(x: float | None) -> str | None:
+    """``numbers.fmt_sig`` of a float (or None), the same string without the Decimal:
+    12 significant digits in plain notation, no trailing zeros."""
+    if x is None or x != x or x == _INF or x == -_INF:
+        return None
+    if x == 0:
+        return "0"
+    mant, _, exp = f"{x:.11e}".partition("e")
+    neg = mant[0] == "-"
+    digits = (mant[1:] if neg else mant).replace(".", "").rstrip("0")
+    p = int(exp) + 1  # digits before the point
+    if p <= 0:
+        text = "0." + "0" * -p + digits
+    elif p >= len(digits):
+        text = digits + "0" * (p - len(digits))
+    else:
+        text = digits[:p] + "." + digits[p:]
+    return "-" + text if neg else text
+
+
+@lru_cache(maxsize=1 << 16)
+def _fmt_dec(d: Decimal) -> str:
+    # fmt_decimal depends on the value only (trailing zeros are stripped), so equal
+    # Decimals may share an entry
+    return fmt_decimal(d)
 
 
 class StatusBuilder:
@@ -35,9 +64,9 @@ class StatusBuilder:
             "scope": scope,
             "from": old,
             "to": new,
-            "margin_ratio": fmt_sig(ratio_of(equity, mm)),
-            "equity": fmt_sig(equity),
-            "maintenance_margin": fmt_sig(mm),
+            "margin_ratio": fmt_sig_float(ratio_of(equity, mm)),
+            "equity": fmt_sig_float(equity),
+            "maintenance_margin": fmt_sig_float(mm),
             "currency": currency,
         }
 
@@ -120,6 +149,9 @@ class StatusBuilder:
             if not math.isnan(p):
                 im += _initial(col, slot) * p
         values = {a: self._value(a, n) for a, n in sorted(nets.items())}
+        priced_by: dict[str, list[str]] = {}  # price symbol -> assets it prices
+        for name, rec in market.assets.items():
+            priced_by.setdefault(rec.price_symbol, []).append(name)
         unpriced = sorted(a for a, n in nets.items() if n != 0 and math.isnan(idx.price[idx.asset_col[a]]))
         positions = []
         states = [STATES[int(idx.cross_state[r])]]
@@ -130,15 +162,15 @@ class StatusBuilder:
             mark = col.mark if not math.isnan(col.mark) else float(col.lastp[slot])
             entry = {
                 "symbol": symbol,
-                "qty": fmt_decimal(pos.qty),
-                "entry_price": fmt_decimal(pos.entry),
-                "mark_price": fmt_sig(mark),
-                "notional": fmt_sig(float(col.notional[slot])),
-                "unrealized_pnl": fmt_sig(float(col.upnl[slot])),
-                "maintenance_margin": fmt_sig(float(col.mm[slot])),
+                "qty": _fmt_dec(pos.qty),
+                "entry_price": _fmt_dec(pos.entry),
+                "mark_price": fmt_sig_float(mark),
+                "notional": fmt_sig_float(col.notional_one(slot)),
+                "unrealized_pnl": fmt_sig_float(float(col.upnl[slot])),
+                "maintenance_margin": fmt_sig_float(float(col.mm[slot])),
                 "margin_mode": pos.margin_mode,
-                "liquidation_price": fmt_sig(self._liq_price(r, pos, col, slot, mark, nets, values, mm)),
-                "isolated_margin": fmt_decimal(pos.isolated_margin),
+                "liquidation_price": fmt_sig_float(self._liq_price(r, pos, col, slot, mark, nets, values, mm, priced_by)),
+                "isolated_margin": _fmt_dec(pos.isolated_margin),
             }
             if pos.isolated:
                 state = STATES[int(col.iso_state[slot])]
@@ -149,13 +181,13 @@ class StatusBuilder:
         body = {
             "state": STATES[int(idx.cross_state[r])],
             "worst_state": worst(states),
-            "equity": fmt_sig(equity),
-            "maintenance_margin": fmt_sig(mm),
-            "margin_ratio": fmt_sig(ratio),
-            "initial_margin": fmt_sig(im),
-            "free_collateral": fmt_sig(equity - im),
+            "equity": fmt_sig_float(equity),
+            "maintenance_margin": fmt_sig_float(mm),
+            "margin_ratio": fmt_sig_float(ratio),
+            "initial_margin": fmt_sig_float(im),
+            "free_collateral": fmt_sig_float(equity - im),
             "currency": eng.cfg.valuation_currency,
-            "balances": {a: fmt_decimal(v) for a, v in sorted(book.balances.items())},
+            "balances": {a: _fmt_dec(v) for a, v in sorted(book.balances.items())},
             "unpriced_assets": unpriced,
             "positions": positions,
         }
@@ -169,7 +201,7 @@ class StatusBuilder:
             return 0.0
         return net * (p * (1.0 - idx.haircut[col])) if net > 0 else net * p
 
-    def _liq_price(self, r, pos, col, slot, mark, nets, values, mm_total) -> float | None:
+    def _liq_price(self, r, pos, col, slot, mark, nets, values, mm_total, priced_by) -> float | None:
         if pos.qty == 0:
             return None
         idx = self.engine.index
@@ -184,10 +216,7 @@ class StatusBuilder:
         p = idx.price[col.asset_col]
         if math.isnan(p):
             return None
-        linked_assets = {
-            name for name, rec in self.engine.market.assets.items()
-            if rec.price_symbol == pos.symbol and name != a and name in nets
-        }
+        linked_assets = {name for name in priced_by.get(pos.symbol, ()) if name != a and name in nets}
         other_equity = sum(v for name, v in values.items() if name != a and name not in linked_assets)
         linked = tuple(
             (nets[name], float(idx.haircut[idx.asset_col[name]])) for name in sorted(linked_assets)

@@ -33,6 +33,7 @@ from tests.unit.conftest import (
     snapshot,
     standard_params,
 )
+from tests.unit.test_kernels_paths import assert_same_values, forced
 from tests.unit.test_kernels_vs_reference import scenarios
 
 CFG = MarginConfig(status_interval_ms=1000)
@@ -243,3 +244,64 @@ def test_standard_params_seed_and_restart():
               collateral("b", "a", "BTC", "0.001", 2100), mark("BTCUSDT", 45500, 4000, seq=3)]
     _, results, compared = run_with_restarts(events, {1, 2, 3, 4, 5}, CFG, seed=standard_params())
     assert compared > 5
+
+
+# --------------------------------------------------------------------------------------
+# the bulk restore (PartitionEngine.sync_rows / ColumnarIndex.load_symbol, pack_rows)
+# against one _sync_row per account
+# --------------------------------------------------------------------------------------
+def rebuild_both(log: Changelog, cfg: MarginConfig, seed, forcing=(0, 2)):
+    def one(bulk: bool) -> PartitionEngine:
+        eng = PartitionEngine(cfg)
+        eng.seed_params(seed)
+        records.restore(eng, log.params, log.marks, sorted(log.accounts.items()), sorted(log.seen.items()), bulk=bulk)
+        eng.take_dirty()
+        return eng
+
+    with forced(*forcing):  # every vectorized path of the bulk load, even for a few accounts
+        bulk = one(True)
+    return bulk, one(False)
+
+
+def assert_bulk_equals_per_account(events, cuts, cfg=CFG, seed=(), forcing=(0, 2)):
+    seed = list(seed)
+    a = PartitionEngine(cfg)
+    a.seed_params(seed)
+    log = Changelog(a)
+    log.persist(a)
+    tables = {0: log.snapshot()}
+    results = []
+    for k, ev in enumerate(events, 1):
+        results.append(step(a, ev))
+        log.persist(a)
+        if k in cuts:
+            tables[k] = log.snapshot()
+    for k, table in tables.items():
+        b_bulk, b_rows = rebuild_both(table, cfg, seed, forcing)
+        assert_same_values(b_bulk, b_rows)  # every array, bit for bit (same rows and slots)
+        for j in range(k, len(events)):
+            got = step(b_bulk, events[j])
+            assert got == step(b_rows, events[j]) == results[j], f"restart after {k} events: input {j}"
+        assert_same_values(b_bulk, b_rows)
+        assert_same_state(a, b_bulk)
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
+@given(scenarios(), st.lists(st.integers(0, 10_000), min_size=1, max_size=3), st.sampled_from([(0, 2), (0, 3), (4, 16384)]))
+def test_bulk_restore_equals_per_account_restore(events, cuts, forcing):
+    assert_bulk_equals_per_account(events, {c % (len(events) + 1) for c in cuts}, forcing=forcing)
+
+
+def test_bulk_restore_handmade_log_every_cut_point():
+    events = handmade_log()
+    assert_bulk_equals_per_account(events, set(range(len(events) + 1)))
+
+
+def test_bulk_restore_several_positions_per_settle_asset():
+    # accounts holding two USDT-settled cross positions, BTC collateral and inverse
+    # positions (cross and isolated): the packed order must be the column order
+    from tests.unit.test_kernels_paths import scenarios_example
+
+    events = list(scenarios_example())
+    for forcing in ((0, 2), (0, 3), (4, 16384)):
+        assert_bulk_equals_per_account(events, set(range(0, len(events) + 1, 3)), forcing=forcing)
