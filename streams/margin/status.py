@@ -31,6 +31,9 @@ def fmt_sig_float(x: float | None) -> str | None:
         return None
     if x == 0:
         return "0"
+    text = f"{x:.12g}"  # 12 significant digits, trailing zeros dropped: plain unless the exponent
+    if "e" not in text:  # is < -4 or >= 12
+        return text
     mant, _, exp = f"{x:.11e}".partition("e")
     neg = mant[0] == "-"
     digits = (mant[1:] if neg else mant).replace(".", "").rstrip("0")
@@ -135,19 +138,21 @@ class StatusBuilder:
         # per settle asset nets (float, in the index's fixed order) for liquidation prices
         # every sum below runs in sorted order: a rebuilt book must give the same bits
         nets: dict[str, float] = {a: float(idx.bal[idx.asset_col[a], r]) for a in sorted(book.balances)}
-        cross_positions = []
+        held = []  # (symbol, position, column, slot, notional), sorted by symbol
         for symbol, pos in sorted(book.positions.items()):
             col = idx.symbols[symbol]
             slot = col.slot_of[r]
+            held.append((symbol, pos, col, slot, col.notional_one(slot)))
             if not pos.isolated:
                 a = col.inst.settle_asset
                 nets[a] = nets.get(a, 0.0) + float(col.upnl[slot])
-                cross_positions.append((symbol, col, slot))
         im = 0.0
-        for symbol, col, slot in cross_positions:
+        for symbol, pos, col, slot, n in held:
+            if pos.isolated:
+                continue
             p = idx.price[col.asset_col]
             if not math.isnan(p):
-                im += _initial(col, slot) * p
+                im += col.initial_one(slot, n) * p
         values = {a: self._value(a, n) for a, n in sorted(nets.items())}
         priced_by: dict[str, list[str]] = {}  # price symbol -> assets it prices
         for name, rec in market.assets.items():
@@ -155,17 +160,14 @@ class StatusBuilder:
         unpriced = sorted(a for a, n in nets.items() if n != 0 and math.isnan(idx.price[idx.asset_col[a]]))
         positions = []
         states = [STATES[int(idx.cross_state[r])]]
-        for symbol in sorted(book.positions):
-            pos = book.positions[symbol]
-            col = idx.symbols[symbol]
-            slot = col.slot_of[r]
+        for symbol, pos, col, slot, n in held:
             mark = col.mark if not math.isnan(col.mark) else float(col.lastp[slot])
             entry = {
                 "symbol": symbol,
                 "qty": _fmt_dec(pos.qty),
                 "entry_price": _fmt_dec(pos.entry),
                 "mark_price": fmt_sig_float(mark),
-                "notional": fmt_sig_float(col.notional_one(slot)),
+                "notional": fmt_sig_float(n),
                 "unrealized_pnl": fmt_sig_float(float(col.upnl[slot])),
                 "maintenance_margin": fmt_sig_float(float(col.mm[slot])),
                 "margin_mode": pos.margin_mode,
@@ -229,7 +231,3 @@ class StatusBuilder:
         )
         return liquidation_price(scope)
 
-
-def _initial(col, slot: int) -> float:
-    """``N·imr_k`` of a slot (0 for N = 0)."""
-    return col.initial_one(slot)
