@@ -327,8 +327,15 @@ class SymbolColumn:
         self.t_amt[s] = self.amounts_l[k]
 
     def notional_one(self, s: int) -> float:
-        """The notional of one slot at the current mark (the bits ``compute`` had)."""
-        return self.values_one(s)[0]
+        """The notional of one slot at the current mark (the bits ``compute`` had: the
+        operations of ``values_one``)."""
+        aq = abs(float(self.qty[s])) * self.c
+        m = self.mark
+        if m != m:  # NaN: no mark yet
+            m = float(self.lastp[s])
+        if self.inverse:
+            return aq * (1.0 / m if m > 0 else 0.0)
+        return aq * m
 
     def initial_one(self, s: int, n: float | None = None) -> float:
         """IM of one slot, ``N·imr_k`` (0 for N = 0); ``n``: its notional, if known."""

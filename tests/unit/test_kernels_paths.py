@@ -194,6 +194,7 @@ def test_tier_cache_equals_fresh_lookup(kind, qtys, moves):
                        col.gross[: col.n].copy()]
                 for s in range(col.n):  # a fresh lookup, slot by slot
                     n_, upnl_, mm_, gross_, near_, _ = col.values_one(s)
+                    assert np.float64(col.notional_one(s)).tobytes() == np.float64(n_).tobytes()
                     assert got[0][s].tobytes() == np.float64(upnl_).tobytes(), (s, mark)
                     assert got[1][s].tobytes() == np.float64(mm_).tobytes(), (s, mark)
                     assert got[3][s].tobytes() == np.float64(gross_).tobytes(), (s, mark)
