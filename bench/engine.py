@@ -2,29 +2,34 @@
 
     .venv/bin/python bench/engine.py [--accounts 250000 --positions 1000000 --ticks 20]
                                      [--sample 2000 --status-sample 1000 --profile]
+                                     [--no-restore --restore-sample 5000]
 
 The book: ``--accounts`` accounts holding ``--positions`` positions in all over 10
 symbols (8 linear USDT-settled, 2 inverse coin-settled); every account holds the
 ticked symbol BTCUSDT plus others; ~20 % of positions isolated; USDT balances for
-everyone, BTC collateral (priced by BTCUSDT, haircut 5 %) for ~20 %. It is built
-directly — exact ``AccountBook`` objects plus a bulk fill of the columnar index
-(the equivalent of ``PartitionEngine._sync_row`` for every account, vectorized; see
-``bulk_load``) — and checked against the exact reference on a sample before timing.
+everyone, BTC collateral (priced by BTCUSDT, haircut 5 %) for ~20 %. The exact
+``AccountBook`` objects are built directly, then mirrored into the columnar index by
+the core's bulk path (``PartitionEngine.sync_rows``, what ``records.restore`` uses),
+and checked against the exact reference on a sample before timing.
 
 Measured per tick (median / p90 over ``--ticks`` ticks, ``--warmup`` excluded):
 
 (a) the vectorized evaluator, as ``PartitionEngine._apply_mark`` drives it:
     ``index.set_mark`` + the rows touched (holders + accounts exposed to BTC, priced
-    by the tick) + ``evaluate_cross`` + ratio + ``decide`` (+ the exact fallback for
-    the rows the screen flags near a threshold) for the cross scopes, and
-    ``evaluate_isolated`` + ``decide`` for the isolated positions of the symbol;
+    by the tick) + ``evaluate_cross`` (equity, MM, ratio, screen and float decision)
+    (+ the exact fallback for the rows the screen flags near a threshold) for the
+    cross scopes, and ``evaluate_isolated`` for the isolated positions of the symbol;
 (b) the exact reference (``reference.evaluate_exact`` + ``next_state`` for every scope)
     on the same tick, timed on a random sample of ``--sample`` accounts and
     extrapolated linearly to all touched accounts;
 (c) margin-status bodies (with every position's liquidation price) for
     ``--status-sample`` accounts, and the share of that spent in ``liquidation_price``;
 (d) the full ``engine.apply(MarkTick)`` path (decisions, transitions, throttled
-    margin-status emission), on a fresh sequence of ticks.
+    margin-status emission), on a fresh sequence of ticks, with the time spent
+    building payload bodies (the status emission) reported apart;
+(e) ``records.restore`` of the whole partition from its JSON state records (bulk
+    path), checked bit for bit against the original index; the per-account path is
+    timed on ``--restore-sample`` accounts and extrapolated.
 
 Prints a table and one JSON line. Single core: BLAS/OpenMP threads are pinned to 1.
 """
