@@ -16,7 +16,9 @@ Layout under the cache directory (``$MW_CACHE_DIR``, else ``<repo>/.cache``)::
 
 Environment: ``MW_KAFKA_PORT`` (9092), ``MW_KAFKA_CONTROLLER_PORT`` (9093),
 ``MW_KAFKA_HEAP`` (1G), ``MW_PARTITIONS`` (8: ``num.partitions`` of auto-created
-topics), ``MW_CACHE_DIR``, ``JAVA_HOME``.
+topics), ``MW_CACHE_DIR``, ``MW_KAFKA_LIBS_DIR`` (the jars' folder, default
+``<cache>/kafka-libs``: a second broker with its own cache dir can share them),
+``JAVA_HOME``.
 
 Command line: ``python -m streams.kafka_local up|down|restart|status|logs|jars|clean``.
 
@@ -101,7 +103,13 @@ def cache_dir() -> Path:
 
 
 def libs_dir() -> Path:
-    return cache_dir() / "kafka-libs"
+    """The broker's jars: ``$MW_KAFKA_LIBS_DIR``, else ``<cache>/kafka-libs``.
+
+    Setting it lets a second broker with its own ``MW_CACHE_DIR`` (data, logs,
+    pid file, ports) reuse jars fetched already, e.g. a test's dedicated broker.
+    """
+    env = os.environ.get("MW_KAFKA_LIBS_DIR")
+    return Path(env).expanduser().resolve() if env else cache_dir() / "kafka-libs"
 
 
 def home_dir() -> Path:
