@@ -127,6 +127,9 @@ def _run_kafka(settings, coro_fn, *args, **kwargs):
     try:
         return asyncio.run(coro_fn(*args, **kwargs))
     except KafkaConnectionError:
+        from .topics import check_kafka
+
+        asyncio.run(check_kafka(settings))  # refused credentials / untrusted certificate: says which
         raise MarginwatchError("kafka_unreachable", f"cannot reach Kafka at {where}") from None
     except asyncio.TimeoutError:
         raise MarginwatchError("kafka_unreachable", f"cannot reach Kafka at {where} (timed out)") from None

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from decimal import Decimal, InvalidOperation
 from functools import lru_cache
 from pathlib import Path
@@ -83,11 +83,11 @@ class Settings:
     web_host: str
     web_port: int
     web_canonical_host: str
-    api_token: str
+    api_token: str = field(repr=False)  # secret: not in repr()
     kafka_security_protocol: str
     kafka_sasl_mechanism: str
     kafka_sasl_username: str
-    kafka_sasl_password: str
+    kafka_sasl_password: str = field(repr=False)  # secret: not in repr()
     kafka_ssl_cafile: str
     log_level: str
     data_dir: str

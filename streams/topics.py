@@ -8,6 +8,7 @@ from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.errors import TopicAlreadyExistsError
 from aiokafka.partitioner import murmur2
 
+from .margin.errors import MarginwatchError
 from .settings import Settings
 
 log = logging.getLogger(__name__)
@@ -63,8 +64,71 @@ def kafka_security(settings: Settings) -> dict:
     return kw
 
 
+def _where(settings: Settings) -> str:
+    return f"Kafka at {bootstrap(settings)} ({settings.kafka_security_protocol.upper()})"
+
+
+async def check_kafka(settings: Settings, timeout_s: float = 15.0) -> None:
+    """Connect to the bootstrap servers with the configured security; raise one clear
+    :class:`MarginwatchError` when none can be used.
+
+    aiokafka only logs why a bootstrap connection failed and then raises "Unable to
+    bootstrap"; this tells apart refused credentials (``kafka_auth_failed``), an
+    untrusted or failed TLS handshake (``kafka_tls_error``) and an unreachable broker
+    (``kafka_unreachable``). The messages name the settings to check, never a secret.
+    """
+    import ssl
+
+    from aiokafka import errors as kerr
+    from aiokafka.conn import create_conn
+
+    sec = kafka_security(settings)
+    first: MarginwatchError | None = None
+    for server in bootstrap(settings).split(","):
+        host, _, port = server.strip().rpartition(":")
+        try:
+            conn = await asyncio.wait_for(
+                create_conn(host or "127.0.0.1", int(port), request_timeout_ms=int(timeout_s * 1000), **sec), timeout_s,
+            )
+        except (kerr.SaslAuthenticationFailed, kerr.IllegalSaslStateError):
+            err = MarginwatchError(
+                "kafka_auth_failed",
+                f"{_where(settings)}: authentication failed: the broker refused the SASL "
+                f"{settings.kafka_sasl_mechanism} credentials of user {settings.kafka_sasl_username!r} "
+                "(check MW_KAFKA_SASL_USERNAME and MW_KAFKA_SASL_PASSWORD)",
+            )
+        except kerr.UnsupportedSaslMechanismError:
+            err = MarginwatchError(
+                "kafka_auth_failed",
+                f"{_where(settings)}: authentication failed: the broker does not enable SASL mechanism "
+                f"{settings.kafka_sasl_mechanism!r} (MW_KAFKA_SASL_MECHANISM)",
+            )
+        except ssl.SSLCertVerificationError as exc:
+            err = MarginwatchError(
+                "kafka_tls_error",
+                f"{_where(settings)}: the broker's TLS certificate is not trusted ({exc.verify_message}; "
+                "check MW_KAFKA_SSL_CAFILE)",
+            )
+        except ssl.SSLError as exc:
+            err = MarginwatchError("kafka_tls_error", f"{_where(settings)}: TLS handshake failed ({exc.reason or exc})")
+        except (OSError, asyncio.TimeoutError, kerr.KafkaError, ValueError) as exc:
+            reason = getattr(exc, "strerror", None) or type(exc).__name__
+            err = MarginwatchError("kafka_unreachable", f"cannot reach {_where(settings)}: {reason}")
+        else:
+            conn.close()
+            return
+        if first is None or (first.code == "kafka_unreachable" and err.code != "kafka_unreachable"):
+            first = err
+    if first is not None:
+        raise first
+
+
 async def ensure_topics(settings: Settings, timeout_s: float = 30.0) -> None:
-    """Create every contract topic and the sequenced log (existing ones are kept)."""
+    """Create every contract topic and the sequenced log (existing ones are kept).
+
+    Checks the connection first (:func:`check_kafka`): wrong credentials or an
+    untrusted certificate fail with one clear :class:`MarginwatchError`."""
+    await check_kafka(settings)
     admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap(settings), **kafka_security(settings))
     await admin.start()
     try:
