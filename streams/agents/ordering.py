@@ -45,22 +45,58 @@ class OffsetGuard:
         self.expected[partition] = offset + 1
 
 
+#: how long :func:`group_offsets` retries while the group coordinator is not available
+COORDINATOR_WAIT_S = 60.0
+
+
+async def group_offsets(settings, tps: list, timeout_s: float = COORDINATOR_WAIT_S) -> dict:
+    """The margin agent group's committed offsets of ``tps``.
+
+    Retries retriable errors (no coordinator yet: a fresh broker creates
+    ``__consumer_offsets`` on the first request; coordinator loading after a
+    broker restart; connection refused while it comes back) for up to
+    ``timeout_s``, then raises the last one.
+    """
+    import asyncio
+    import logging
+    import time
+
+    from aiokafka.admin import AIOKafkaAdminClient
+    from aiokafka.errors import KafkaError
+
+    from ..topics import bootstrap, kafka_security
+
+    deadline = time.monotonic() + timeout_s
+    delay = 0.2
+    while True:
+        admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap(settings), **kafka_security(settings))
+        try:
+            await admin.start()
+            return await admin.list_consumer_group_offsets(settings.app_id, partitions=tps)
+        except KafkaError as exc:
+            if not getattr(exc, "retriable", False) or time.monotonic() + delay > deadline:
+                raise
+            logging.getLogger(__name__).info("committed offsets of group %s not available yet (%r); retrying",
+                                             settings.app_id, exc)
+        finally:
+            try:
+                await admin.close()
+            except Exception:
+                pass
+        await asyncio.sleep(delay)
+        delay = min(delay * 2, 2.0)
+
+
 async def committed_offset(mapp, partition: int) -> int:
     """The margin agent group's committed offset of a sequenced partition
     (the partition's first offset when nothing was committed yet)."""
     from aiokafka import AIOKafkaConsumer, TopicPartition
-    from aiokafka.admin import AIOKafkaAdminClient
 
     from ..topics import bootstrap, kafka_security
 
     tp = TopicPartition(mapp.sequenced.get_topic_name(), partition)
     sec = kafka_security(mapp.settings)
-    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap(mapp.settings), **sec)
-    await admin.start()
-    try:
-        offsets = await admin.list_consumer_group_offsets(mapp.settings.app_id, partitions=[tp])
-    finally:
-        await admin.close()
+    offsets = await group_offsets(mapp.settings, [tp])
     meta = offsets.get(tp)
     if meta is not None and meta.offset >= 0:
         return meta.offset
@@ -87,7 +123,6 @@ async def commit_baseline(settings) -> int:
     import logging
 
     from aiokafka import AIOKafkaConsumer, TopicPartition
-    from aiokafka.admin import AIOKafkaAdminClient
     from aiokafka.errors import KafkaError
     from aiokafka.structs import OffsetAndMetadata
 
@@ -96,12 +131,7 @@ async def commit_baseline(settings) -> int:
     sec = kafka_security(settings)
     topic = sequenced_topic(settings)
     tps = [TopicPartition(topic, p) for p in range(settings.partitions)]
-    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap(settings), **sec)
-    await admin.start()
-    try:
-        offsets = await admin.list_consumer_group_offsets(settings.app_id, partitions=tps)
-    finally:
-        await admin.close()
+    offsets = await group_offsets(settings, tps)
     missing = [tp for tp in tps if offsets.get(tp) is None or offsets[tp].offset < 0]
     if not missing:
         return 0

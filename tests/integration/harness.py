@@ -30,15 +30,25 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+#: exit codes a supervisor restarts on: the stall watchdog (4) and the ordering guard (5)
+RESTART_CODES_DEFAULT = (4, 5)
+
+
 class WorkerProcess:
-    """One ``marginwatch worker`` subprocess with its own web port and data dir."""
+    """One ``marginwatch worker`` subprocess with its own web port and data dir.
 
-    #: exit codes a supervisor restarts on: the stall watchdog (4) and the ordering guard (5)
-    RESTART_CODES = (4, 5)
+    ``supervised``: :meth:`check` plays the supervisor and restarts a worker that
+    exited with one of ``restart_codes`` (default: 4 and 5, the deliberate exits).
+    """
 
-    def __init__(self, env: dict, tmp: Path, name: str, supervised: bool = False) -> None:
+    RESTART_CODES = RESTART_CODES_DEFAULT
+
+    def __init__(self, env: dict, tmp: Path, name: str, supervised: bool = False,
+                 restart_codes: tuple[int, ...] | None = None) -> None:
         self.supervised = supervised
+        self.restart_codes = RESTART_CODES_DEFAULT if restart_codes is None else tuple(restart_codes)
         self.restarts = 0
+        self.exit_codes: list[int] = []  # of the supervised restarts
         self.port = free_port()
         self.env = dict(os.environ, **env, MW_WEB_PORT=str(self.port), MW_DATA_DIR=str(tmp / f"data-{name}"))
         self.log_path = tmp / f"worker-{name}.log"
@@ -57,8 +67,9 @@ class WorkerProcess:
         if self.proc is None or self.proc.poll() is None:
             return
         code = self.proc.returncode
-        if self.supervised and code in self.RESTART_CODES:
+        if self.supervised and code in self.restart_codes:
             self.restarts += 1
+            self.exit_codes.append(code)
             self.start()
             return
         raise AssertionError(f"worker exited with {code}:\n{self.tail()}")
