@@ -80,6 +80,7 @@ from .margin.errors import (
 __all__ = [
     "INPUT_TOPICS",
     "MAX_DEPTH",
+    "OVERSIZE_MARK",
     "SCHEMAS_DIR",
     "SCHEMA_FILES",
     "decode",
@@ -87,6 +88,7 @@ __all__ = [
     "decode_replay_line",
     "load_risk_params_file",
     "load_schema",
+    "oversize_stand_in",
     "raw_cause_id",
     "risk_params_cause_id",
     "schema_validator",
@@ -565,6 +567,50 @@ def decode_key(key: bytes | None) -> str | None:
         return None
 
 
+# --------------------------------------------------------------------------- oversize
+
+#: First bytes of the stand-in the sequencer forwards for a record too large for the
+#: sequenced log (no JSON text starts with a NUL byte, so no valid input looks like it).
+OVERSIZE_MARK = b"\x00marginwatch-oversize\x00"
+#: Bytes of the original value a stand-in keeps (a dead letter keeps at most 64 KiB of raw).
+OVERSIZE_KEEP = 64 * 1024
+_OVERSIZE_HEAD = re.compile(rb"(\d+) (\d+) ([0-9a-f]{64})\x00")
+
+
+def oversize_stand_in(value: bytes, size: int, limit: int) -> bytes:
+    """What the sequencer forwards instead of an input record of ``size`` bytes (as Kafka
+    counts them) over ``limit``: the mark, ``"<size> <limit> <sha256 of value>"``, NUL, the
+    first :data:`OVERSIZE_KEEP` bytes of the value. :func:`decode` rejects it
+    (``invalid_json``, naming the size), and the dead letter keeps those first bytes."""
+    value = bytes(value or b"")
+    head = f"{size} {limit} {hashlib.sha256(value).hexdigest()}".encode()
+    return OVERSIZE_MARK + head + b"\x00" + value[:OVERSIZE_KEEP]
+
+
+def split_oversize(raw: bytes) -> tuple[int, int, str, bytes] | None:
+    """(size, limit, sha256 hex, kept bytes) of a stand-in, or None for any other value."""
+    if not raw.startswith(OVERSIZE_MARK):
+        return None
+    m = _OVERSIZE_HEAD.match(raw, len(OVERSIZE_MARK))
+    if m is None:
+        return None
+    return int(m.group(1)), int(m.group(2)), m.group(3).decode(), raw[m.end():]
+
+
+def _reject_oversize(raw: bytes) -> None:
+    parts = split_oversize(raw)
+    if parts is None:
+        return
+    size, limit, sha, _ = parts
+    raise InputRejected(
+        INVALID_JSON,
+        f"the value was not read: the message is too large to forward ({size} bytes as a record of the "
+        f"sequenced log, more than {limit}); its first {OVERSIZE_KEEP} bytes are kept in raw",
+        None,
+        cause_id="raw@" + sha[:12],
+    )
+
+
 # --------------------------------------------------------------------------- decoding
 
 
@@ -995,6 +1041,8 @@ def decode(topic: str, key: bytes | None, value: bytes) -> ev.Event:
             "unknown_topic", f"unknown input topic {topic!r}; expected one of {', '.join(INPUT_TOPICS)}", "topic"
         )
     raw = _as_bytes(value)
+    if raw[:1] == b"\x00":
+        _reject_oversize(raw)  # the sequencer's stand-in for a record too large to forward
     d = _Decoding(spec, raw, key)
     try:
         d.tree, _, d.bare = _parse(raw)

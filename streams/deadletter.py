@@ -20,7 +20,7 @@ from typing import Any
 
 import orjson
 
-from .codec import raw_cause_id
+from .codec import raw_cause_id, split_oversize
 from .margin.errors import InputRejected
 
 __all__ = ["MAX_RAW_BYTES", "build_dead_letter", "build_replay_dead_letter", "REPLAY_SOURCE"]
@@ -87,6 +87,9 @@ def build_dead_letter(
     the partition); ``decided_at`` is wall-clock ms.
     """
     value = bytes(value or b"")
+    oversize = split_oversize(value) if value[:1] == b"\x00" else None
+    if oversize is not None:  # the sequencer's stand-in: keep the original's first bytes
+        value = oversize[3]
     key_text: str | None = None
     if key is not None:
         try:
@@ -116,6 +119,8 @@ def build_dead_letter(
     if key is not None and key_text is None:
         out["key_b64"] = base64.b64encode(bytes(key)).decode("ascii")
     out.update(_raw_fields(value))
+    if oversize is not None:
+        out["raw_truncated"] = True
     return out
 
 

@@ -16,7 +16,9 @@ import logging
 import time
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+from aiokafka.record.default_records import DefaultRecordBatchBuilder
 
+from .codec import OVERSIZE_KEEP, oversize_stand_in
 from .settings import Settings
 from .topics import (
     ACCOUNT_TOPICS,
@@ -32,8 +34,20 @@ from .topics import (
 log = logging.getLogger(__name__)
 
 
+#: Largest record the sequencer forwards (as the producer counts it: one record in its own
+#: batch, key, value and the source header), = aiokafka's default ``max_request_size``
+#: and below the broker's default ``max.message.bytes`` (1048588).
+MAX_FORWARD_BYTES = 1024 * 1024
+
+
 class Sequencer:
-    """Consume the input topics, produce the sequenced log, commit."""
+    """Consume the input topics, produce the sequenced log, commit.
+
+    An input record too large to forward with its source header (the producer would
+    refuse it, and the worker would stop on it at every restart) is replaced by the
+    codec's stand-in (:func:`streams.codec.oversize_stand_in`: its size, hash and first
+    64 KiB), which the margin agent dead-letters: nothing is dropped, nothing blocks.
+    """
 
     def __init__(self, settings: Settings, metrics=None) -> None:
         self.settings = settings
@@ -82,7 +96,7 @@ class Sequencer:
         )
         producer = AIOKafkaProducer(
             bootstrap_servers=bootstrap(s), acks="all", enable_idempotence=True,
-            linger_ms=1, max_batch_size=256 * 1024, **sec,
+            linger_ms=1, max_batch_size=256 * 1024, max_request_size=MAX_FORWARD_BYTES, **sec,
         )
         await producer.start()
         await consumer.start()
@@ -102,13 +116,14 @@ class Sequencer:
                     topic = self.by_name[tp.topic]
                     headers = [(SOURCE_HEADER, topic.encode())]
                     for rec in records:
+                        key, value = self.fit(rec, topic, headers)
                         if topic in ACCOUNT_TOPICS:
                             targets = (account_partition(rec.key, partitions),)
                         else:
                             targets = range(partitions)
                         for p in targets:
                             futures.append(await producer.send(
-                                self.out_topic, rec.value, key=rec.key, partition=p, headers=headers,
+                                self.out_topic, value, key=key, partition=p, headers=headers,
                             ))
                         self.forwarded += 1
                 if futures:
@@ -121,8 +136,29 @@ class Sequencer:
             await consumer.stop()
             await producer.stop()
 
+    def fit(self, rec, topic: str, headers: list) -> tuple[bytes | None, bytes | None]:
+        """(key, value) to forward for ``rec``: see :func:`forwardable`."""
+        key, value, size = forwardable(rec.key, rec.value, headers)
+        if size is not None:
+            log.warning("%s partition %d offset %d: %d bytes, too large to forward (max %d); forwarded a stand-in "
+                        "to be dead-lettered", topic, rec.partition, rec.offset, size, MAX_FORWARD_BYTES)
+        return key, value
+
     def stop(self) -> None:
         self._stopping.set()
+
+
+def forwardable(key: bytes | None, value: bytes | None, headers: list) -> tuple[bytes | None, bytes | None, int | None]:
+    """(key, value, None) when the record fits in :data:`MAX_FORWARD_BYTES`; else the codec's
+    stand-in value (and the key cut to 64 KiB if even that does not fit) and the record's
+    size. The partition stays the original key's (the caller computes it)."""
+    size = DefaultRecordBatchBuilder.estimate_size_in_bytes(key, value, headers)
+    if size <= MAX_FORWARD_BYTES:
+        return key, value, None
+    value = oversize_stand_in(value, size, MAX_FORWARD_BYTES)
+    if DefaultRecordBatchBuilder.estimate_size_in_bytes(key, value, headers) > MAX_FORWARD_BYTES:
+        key = bytes(key)[:OVERSIZE_KEEP]
+    return key, value, size
 
 
 def _position_nowait(consumer: AIOKafkaConsumer, tp) -> int | None:

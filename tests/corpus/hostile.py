@@ -14,7 +14,8 @@ tombstone, not an object, bad bytes, overlong encodings, lone surrogates, BOM),
 wrong types for each field, NaN / Infinity / huge exponents (bare and as strings),
 missing required fields, duplicate keys (top level and nested), deep nesting (40 and
 10,000 levels), ~900 KB messages (valid with a padding field: applied; and broken),
-mismatched / missing / non-UTF-8 keys, unknown instruments and assets, negative and
+messages at the producer's size limit (too large to forward with the sequencer's header)
+and a ~1 MB key, mismatched / missing / non-UTF-8 keys, unknown instruments and assets, negative and
 zero quantities and prices, unknown extra fields (accepted), duplicates and stale
 ticks.
 
@@ -248,6 +249,14 @@ def corpus() -> list[Case]:
         b = base(topic)
         add(topic, "key_empty", b, "key_mismatch", key=b"")
 
+    # at the size limit: fine for a producer, too large once the sequencer adds its header
+    for topic in ("fills", "mark-prices", "risk-params"):
+        b = base(topic)
+        k = key_of(topic, b).encode()
+        add(topic, "at_producer_size_limit", at_limit(k, b), "invalid_json", key=k)
+    b = base("fills")
+    add("fills", "huge_key", b, "invalid_json", key=huge_key(_dump(b)))
+
     # topic-specific
     b = base("fills")
     add("fills", "unknown_instrument", _with(b, symbol="NOPEUSDT"), "unknown_instrument")
@@ -329,6 +338,33 @@ def corpus() -> list[Case]:
     add("risk-params", "asset_valid", {"type": "asset", "asset": "HCOIN2", "price_symbol": "HCOIN2USDT",
                                        "haircut": "0.1"}, APPLIED, key=b"asset:HCOIN2")
     return cases
+
+
+PRODUCER_LIMIT = 1024 * 1024  # the producer's max_request_size (aiokafka's default)
+
+
+def at_limit(key: bytes, obj: dict, target: int = PRODUCER_LIMIT - 6) -> bytes:
+    """``obj`` with a ``pad`` field making the record ``target`` bytes as a producer counts it
+    (a record alone in its batch, no headers)."""
+    from aiokafka.record.default_records import DefaultRecordBatchBuilder
+
+    def size(n: int) -> int:
+        return DefaultRecordBatchBuilder.estimate_size_in_bytes(key, _dump(_with(obj, pad="p" * n)), [])
+
+    n = target - size(0)
+    while size(n) > target:
+        n -= 1
+    return _dump(_with(obj, pad="p" * n))
+
+
+def huge_key(value: bytes, target: int = PRODUCER_LIMIT - 6) -> bytes:
+    """A key making the record ``value`` ``target`` bytes as a producer counts it."""
+    from aiokafka.record.default_records import DefaultRecordBatchBuilder
+
+    n = target - DefaultRecordBatchBuilder.estimate_size_in_bytes(b"", value, [])
+    while DefaultRecordBatchBuilder.estimate_size_in_bytes(b"K" * n, value, []) > target:
+        n -= 1
+    return b"K" * n
 
 
 def raw_nested(b: dict, depth: int) -> bytes:
