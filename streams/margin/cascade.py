@@ -107,16 +107,18 @@ class Cascade:
         self.model = model
         self.max_rounds = rounds
         self.rounds: list[Round] = []
-        self.closed: set[tuple[str, str]] = set()
+        self.closed: list[tuple[str, str]] = []  # append-only: BookStress updates its masks incrementally
         self.liquidated_accounts: set[str] = set()
         self.overrides: dict[str, Decimal] = {}  # absolute marks after round 1
         self.converged = False
         self._pending: Scenario | None = scenario
 
-    def next_round(self) -> tuple[Scenario, frozenset] | None:
+    def next_round(self) -> tuple[Scenario, list] | None:
+        """The pending round: its scenario and the scopes closed so far (a list that later rounds
+        extend: read it, do not keep a reference expecting it to stay as is)."""
         if self._pending is None:
             return None
-        return self._pending, frozenset(self.closed)
+        return self._pending, self.closed
 
     def feed(self, result: StressResult) -> None:
         """Take the merged result of the pending round; plan the next one."""
@@ -126,7 +128,7 @@ class Cascade:
         rnd = Round(len(self.rounds) + 1, dict(result.marks), result, new_accounts)
         self.rounds.append(rnd)
         self.liquidated_accounts.update(a for a, _ in result.liquidated)
-        self.closed.update((a, s) for a, s in result.liquidated)
+        self.closed.extend(tuple(x) for x in result.liquidated)
         self._pending = None
         if not result.liquidated:
             self.converged = True
@@ -190,7 +192,7 @@ class Cascade:
         }
 
 
-Evaluate = Callable[[Scenario, frozenset], StressResult]
+Evaluate = Callable[[Scenario, list], StressResult]
 
 
 def run_cascade(evaluate: Evaluate, scenario: Scenario, model: ImpactModel, rounds: int = 10) -> Cascade:
@@ -201,7 +203,7 @@ def run_cascade(evaluate: Evaluate, scenario: Scenario, model: ImpactModel, roun
     return c
 
 
-async def run_cascade_async(evaluate: Callable[[Scenario, frozenset], Awaitable[StressResult]],
+async def run_cascade_async(evaluate: Callable[[Scenario, list], Awaitable[StressResult]],
                             scenario: Scenario, model: ImpactModel, rounds: int = 10) -> Cascade:
     """Run the rounds with an ``async`` callback (e.g. one HTTP fan-out per round)."""
     c = Cascade(scenario, model, rounds)

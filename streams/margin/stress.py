@@ -235,7 +235,7 @@ class StressResult:
     unpriced_scopes: int = 0
     exact_checks: int = 0  # scopes decided by the exact reference
     top: list[dict] = field(default_factory=list)  # largest contributors
-    liquidated: list[list[str]] = field(default_factory=list)  # [account_id, scope] in liquidation
+    liquidated: list[tuple[str, str]] = field(default_factory=list)  # (account_id, scope) in liquidation
     liquidated_notional: dict[str, float] = field(default_factory=dict)  # symbol -> signed notional
 
     @classmethod
@@ -269,7 +269,7 @@ class StressResult:
         for k in cls.__dataclass_fields__:
             if k in d:
                 setattr(out, k, d[k])
-        out.liquidated = [list(x) for x in out.liquidated]
+        out.liquidated = [tuple(x) for x in out.liquidated]
         return out
 
     def report(self, currency: str, label: str = "") -> dict:
@@ -308,72 +308,182 @@ def _fmt_contributor(c: dict) -> dict:
 # --------------------------------------------------------------------------------------
 # Evaluation of one book
 # --------------------------------------------------------------------------------------
+def _top_rows(score: np.ndarray, k: int) -> list[int]:
+    """Indices of the (at most) ``k`` largest positive scores."""
+    pos = np.flatnonzero(score > 0)
+    if len(pos) > k:
+        pos = pos[np.argpartition(-score[pos], k - 1)[:k]]
+    return pos.tolist()
+
+
+def _decide(idx, equity, mm, gross, prev):
+    """Float decision and near screen of scopes (``ColumnarIndex.decide``/``_near``), through
+    the index's quiet-row prefilter: a scope with equity > 0 and MM < L·equity − tol (L the
+    lowest level) is healthy and far from every threshold, so only the others are decided."""
+    rest = idx._not_quiet(equity, mm, gross)
+    if rest is None:
+        return idx.decide(equity, mm, prev), idx._near(equity, mm, gross)
+    state = np.zeros(len(equity), np.int8)
+    near = np.zeros(len(equity), bool)
+    if len(rest):
+        e, m, g = equity[rest], mm[rest], gross[rest]
+        state[rest] = idx.decide(e, m, prev[rest])
+        near[rest] = idx._near(e, m, g)
+    return state, near
+
+
+class _Sym:
+    """Per-symbol constants of a book (computed once per :class:`BookStress`)."""
+
+    __slots__ = ("col", "n", "rows_x", "iso_slots", "iso_rows", "qc", "qce", "aq", "aqe", "sign")
+
+    def __init__(self, col, n_rows: int) -> None:
+        n = col.n
+        self.col = col
+        self.n = n
+        iso = col.iso[:n]
+        rows = col.rows[:n]
+        self.rows_x = np.where(iso, n_rows, rows)  # isolated slots sum into a spare row
+        self.iso_slots = np.flatnonzero(iso)
+        self.iso_rows = rows[self.iso_slots]
+        q = col.qty[:n]
+        e = col.entry[:n]  # 1/entry for inverse contracts
+        self.qc = q * col.c
+        self.qce = self.qc * e
+        self.aq = np.abs(self.qc)
+        self.aqe = self.aq * e
+        self.sign = np.sign(q)
+
+    def values(self, mark: float):
+        """Notional, uPnL, MM and near-tier flags (None: none) at ``mark``, the contract's
+        formulas: linear N = |q|c·m, uPnL = qc·m − qc·e; inverse N = |q|c/m,
+        uPnL = qc·(1/e) − qc/m; MM = N·mmr_k − amount_k for the tier k of N.
+
+        The tier comes from the slot's tier cache in the index (``t_lo < N < t_hi``: the tier
+        is certain and no bound is within NEAR, see ``SymbolColumn._compute_block``); the
+        other slots take the index's full lookup (``SymbolColumn._tiers``: tier, MM and the
+        engine's near-tier test). Nothing is written."""
+        col = self.col
+        n = self.n
+        if col.inverse:
+            x = 1.0 / mark if mark > 0 else 0.0
+            upnl = self.qc * x
+            np.subtract(self.qce, upnl, out=upnl)
+        else:
+            x = mark
+            upnl = self.qc * x
+            upnl -= self.qce
+        notional = self.aq * x
+        mm = notional * col.t_mmr[:n]
+        mm -= col.t_amt[:n]
+        bad = notional <= col.t_lo[:n]
+        bad |= notional >= col.t_hi[:n]
+        out = np.flatnonzero(bad)
+        near = None
+        if len(out):
+            _, mm_o, near_o = col._tiers(notional[out])
+            mm[out] = mm_o
+            if near_o.any():
+                near = np.zeros(n, bool)
+                near[out] = near_o
+        return notional, upnl, mm, near
+
+    def factor(self, mark: float) -> float | None:
+        """An upper bound F ≥ 1 of how much the position terms |q|c·(m + e) (linear) or
+        |q|c·(1/e + 1/m) (inverse) can grow from the book's mark to ``mark``: max(m'/m, m/m');
+        None when the symbol has no mark yet."""
+        m = self.col.mark
+        if not (m > 0) or not (mark > 0):
+            return None
+        return max(mark / m, m / mark) * (1.0 + 4e-16)
+
+
 class BookStress:
     """Stress evaluation over one engine's book, read-only (see the module docstring).
 
-    Build it once per request: it caches, per unshocked symbol, the row sums of its cross
-    terms at the current mark, so a grid or a cascade pays for the shocked symbols only.
-    Not safe across engine changes: build a new one after the engine applied events.
+    Build it for one request (a grid, a cascade): it keeps per-symbol constants (q·c, q·c·e,
+    |q|·c, …), the row sums of unshocked symbols at the book's marks and the masks of closed
+    scopes, all derived from the engine as it was. Build a new one after the engine changed.
     """
 
     def __init__(self, engine, top: int = DEFAULT_TOP) -> None:
         self.engine = engine
-        self.idx = engine.index
+        self.idx = idx = engine.index
         self.top = top
-        self.n = len(self.idx.ids)
-        self._cross_slots: dict[str, tuple[np.ndarray, np.ndarray]] = {}
+        self.n = n = len(idx.ids)
+        ids = idx.ids[:n]
+        self.ids = ids
+        accounts = engine.accounts
+        self._all_acct = len(accounts) == n
+        if self._all_acct:  # every row is an account (rows are only made for accounts)
+            self.has_acct = np.ones(n, bool)
+        else:
+            self.has_acct = np.fromiter((a in accounts for a in ids), bool, n) if n else np.zeros(0, bool)
+        # sorted id lists without sorting strings per scenario: the rows in id order, once
+        order = sorted(range(n), key=ids.__getitem__)
+        self._order = None if order == list(range(n)) else np.array(order, np.int64)
+        self._ids_sorted = np.array([ids[i] for i in order] if n else [], dtype=object)
+        self._syms: dict[str, _Sym] = {}
         self._base: dict[str, tuple] = {}
+        self._gross: dict[int, np.ndarray] = {}
+        self._closed_src = None
+        self._closed_done = 0
+        self._closed_rows = np.zeros(n, bool)
+        self._closed_iso: dict[str, np.ndarray] = {}
 
-    # -- per symbol ---------------------------------------------------------------------
-    def _cross_of(self, col) -> tuple[np.ndarray, np.ndarray]:
-        """(slots, rows) of the symbol's cross positions."""
-        sym = col.inst.symbol
-        got = self._cross_slots.get(sym)
+    def _sym(self, name: str) -> _Sym:
+        s = self._syms.get(name)
+        if s is None:
+            s = self._syms[name] = _Sym(self.idx.symbols[name], self.n)
+        return s
+
+    def _ids_where(self, mask: np.ndarray) -> list[str]:
+        m = mask if self._order is None else mask[self._order]
+        return self._ids_sorted[m].tolist()
+
+    def _asset_gross(self, a: int) -> np.ndarray:
+        """Σ|terms| of every row's cross positions settled in asset ``a``, at the book's marks."""
+        got = self._gross.get(a)
         if got is None:
-            slots = np.flatnonzero(~col.iso[: col.n])
-            got = self._cross_slots[sym] = (slots, col.rows[slots])
+            got = np.zeros(self.n)
+            for sym in self.idx.settle_symbols.get(a, ()):
+                if self.idx.symbols[sym].n:
+                    s = self._sym(sym)
+                    got += self._bincount(s, s.col.gross[: s.n])
+            self._gross[a] = got
         return got
 
-    @staticmethod
-    def _values(col, mark: float):
-        """Notional, uPnL, MM, Σ|terms| and near-tier of every slot at ``mark`` (the
-        formulas and operations of ``SymbolColumn.compute``; nothing written)."""
-        n = col.n
-        q = col.qty[:n]
-        e = col.entry[:n]  # 1/entry for inverse contracts
-        c = col.c
-        aq = np.abs(q)
-        aq *= c
-        upnl = q * c
-        if col.inverse:
-            inv_m = 1.0 / mark if mark > 0 else 0.0
-            notional = aq * inv_m
-            upnl *= e - inv_m
-            gross = e + inv_m
-        else:
-            notional = aq * mark
-            upnl *= mark - e
-            gross = e + mark
-        gross *= aq
-        _, mm, near = col._tiers(notional)
-        return notional, upnl, mm, gross, near
+    def _bincount(self, s: _Sym, w: np.ndarray) -> np.ndarray:
+        return np.bincount(s.rows_x, w, minlength=self.n + 1)[: self.n]
 
-    def _sums(self, col, vals, cross) -> tuple:
-        """Row sums (uPnL, MM, Σ|terms|) of the symbol's cross terms, and its near-tier rows."""
-        slots, rows = cross
+    # -- closed scopes (a cascade's earlier rounds) ----------------------------------------
+    def _apply_closed(self, closed) -> None:
+        """Masks of the closed scopes; incremental when ``closed`` is the same list as the last
+        call's, grown (what :class:`~.cascade.Cascade` passes)."""
+        if closed is None:
+            closed = ()
+        if closed is not self._closed_src or len(closed) < self._closed_done:
+            self._closed_rows[:] = False
+            self._closed_iso = {}
+            self._closed_src = closed
+            self._closed_done = 0
+        row_of = self.idx.row_of
         n = self.n
-        _, upnl, mm, gross, near = vals
-        u = np.bincount(rows, upnl[slots], minlength=n)
-        m = np.bincount(rows, mm[slots], minlength=n)
-        g = np.bincount(rows, gross[slots], minlength=n)
-        near_c = near[slots] if not isinstance(near, bool) else None
-        near_rows = rows[near_c] if near_c is not None and near_c.any() else np.zeros(0, np.int64)
-        return u, m, g, near_rows
-
-    def _current(self, col):
-        """The slots' values at the book's mark, as the index holds them."""
-        n = col.n
-        return None, col.upnl[:n], col.mm[:n], col.gross[:n], col.near_tier[:n]
+        for account_id, scope in closed[self._closed_done:]:
+            r = row_of.get(account_id)
+            if r is None or r >= n:
+                continue
+            if scope == CROSS:
+                self._closed_rows[r] = True
+            else:
+                col = self.idx.symbols.get(scope)
+                slot = col.slot_of.get(r) if col is not None else None
+                if slot is not None and slot < col.n:
+                    mask = self._closed_iso.get(scope)
+                    if mask is None:
+                        mask = self._closed_iso[scope] = np.zeros(col.n, bool)
+                    mask[slot] = True
+        self._closed_done = len(closed)
 
     # -- the evaluation -------------------------------------------------------------------
     def evaluate(self, scenario: Scenario, closed=None, exact: bool = False,
@@ -386,122 +496,145 @@ class BookStress:
         marks_d = scenario.resolve(market)
         smarket = Market(market.instruments, market.assets, {**market.marks, **marks_d}, market.valuation_currency)
         idx = self.idx
-        n = self.n
         marks_f = {s: float(m) for s, m in marks_d.items()}
-        # asset prices at the scenario's marks
-        price = idx.price.copy()
+        price = idx.price.copy()  # asset prices at the scenario's marks
         for a_name, rec in market.assets.items():
             a = idx.asset_col.get(a_name)
             if a is not None and rec.price_symbol in marks_f:
                 price[a] = marks_f[rec.price_symbol]
-        # per symbol: values at the scenario's mark (or the index's, unshocked)
-        vals: dict[str, tuple] = {}
+        self._apply_closed(closed)
+        vals: dict[str, tuple] = {}  # symbol -> (notional or None, uPnL, MM, near-tier or None)
         for sym, col in idx.symbols.items():
-            if not col.n:
-                continue
-            vals[sym] = self._values(col, marks_f[sym]) if sym in marks_f else self._current(col)
-        closed_rows, closed_slots = self._closed(closed)
-        cross_prev = idx.cross_state[:n].copy()
+            if col.n:
+                if sym in marks_f:
+                    vals[sym] = self._sym(sym).values(marks_f[sym])
+                else:
+                    n = col.n
+                    vals[sym] = (None, col.upnl[:n], col.mm[:n], col.near_tier[:n])
+        cross_prev = idx.cross_state[: self.n].copy()
         if exact:
-            c_eq, c_mm, c_state, iso = self._exact(smarket, cross_prev, closed_rows, closed_slots)
-            ex = n + sum(len(x[0]) for x in iso.values())
+            c_eq, c_mm, c_state, iso = self._exact(smarket, cross_prev)
+            ex = int(self.has_acct.sum()) + sum(len(x[0]) for x in iso.values())
         else:
-            c_eq, c_mm, c_state, iso, ex = self._floats(vals, marks_f, price, cross_prev, smarket,
-                                                         closed_rows, closed_slots)
-        return self._result(marks_d, smarket, vals, price, c_eq, c_mm, c_state, cross_prev, iso,
-                            closed_rows, closed_slots, ex, want_liquidated)
+            c_eq, c_mm, c_state, iso, ex = self._floats(vals, marks_f, price, cross_prev, smarket)
+        return self._result(marks_d, smarket, vals, price, c_eq, c_mm, c_state, cross_prev, iso, ex,
+                            want_liquidated)
 
-    def _closed(self, closed):
-        rows: set[int] = set()
-        slots: dict[str, set[int]] = {}
-        for account_id, scope in closed or ():
-            r = self.idx.row_of.get(account_id)
-            if r is None or r >= self.n:
-                continue
-            if scope == CROSS:
-                rows.add(r)
-            else:
-                col = self.idx.symbols.get(scope)
-                s = col.slot_of.get(r) if col is not None else None
-                if s is not None:
-                    slots.setdefault(scope, set()).add(s)
-        return rows, slots
-
-    def _floats(self, vals, marks_f, price, cross_prev, smarket, closed_rows, closed_slots):
+    def _floats(self, vals, marks_f, price, cross_prev, smarket):
         idx = self.idx
         n = self.n
         cfg = self.engine.cfg
         equity = np.zeros(n)
         mm = np.zeros(n)
         gross = np.zeros(n)
-        near_tier_rows = np.zeros(n, bool)
+        near_rows = np.zeros(n + 1, bool)
         for a in range(len(idx.assets)):
             net = idx.bal[a, :n].copy()
             g = np.abs(net)
-            m = np.zeros(n)
+            m = None
+            # Σ|terms| for the screen: at most F_max × their sum at the book's marks, F_max the
+            # largest growth factor of a shocked symbol (``_Sym.factor``) — a wider tolerance than
+            # the engine's, never a narrower one; exact sums for symbols with no mark yet
+            f_max = 1.0
+            g_terms = None
             for sym in idx.settle_symbols.get(a, ()):
                 col = idx.symbols[sym]
                 if not col.n:
                     continue
-                cross = self._cross_of(col)
-                if not len(cross[0]):
-                    continue
+                s = self._sym(sym)
+                if len(s.iso_slots) == col.n:
+                    continue  # no cross position
+                g_terms = self._asset_gross(a)
                 if sym in marks_f:
-                    u, mmv, gg, nr = self._sums(col, vals[sym], cross)
+                    notional, upnl, mmv, near = vals[sym]
+                    u, mm_s = self._bincount(s, upnl), self._bincount(s, mmv)
+                    f = s.factor(marks_f[sym])
+                    if f is None:  # Σ|q|c·(m + e) (linear) or Σ|q|c·(1/e + 1/m) (inverse)
+                        g += self._bincount(s, notional)
+                        g += self._bincount(s, s.aqe)
+                    else:
+                        f_max = max(f_max, f)
                 else:
                     got = self._base.get(sym)
                     if got is None:
-                        got = self._base[sym] = self._sums(col, vals[sym], cross)
-                    u, mmv, gg, nr = got
+                        _, upnl, mmv, near = vals[sym]
+                        got = self._base[sym] = (self._bincount(s, upnl), self._bincount(s, mmv))
+                    u, mm_s = got
+                    near = vals[sym][3]
                 net += u
-                m += mmv
-                g += gg
-                near_tier_rows[nr] = True
+                if m is None:
+                    m = mm_s.copy()
+                else:
+                    m += mm_s
+                if near is not None:
+                    hit = np.flatnonzero(near)
+                    if len(hit):
+                        near_rows[s.rows_x[hit]] = True
+            if g_terms is not None:
+                g += g_terms * f_max if f_max != 1.0 else g_terms
             p = float(price[a])
             if math.isnan(p):
                 continue  # unpriced: valued 0, its MM not counted (as the engine does)
             h = float(idx.haircut[a])
-            equity += np.where(net > 0, net * (p * (1.0 - h)), net * p)
-            mm += m * p
-            gross += g * p + m * p
-        state = idx.decide(equity, mm, cross_prev)
-        near = idx._near(equity, mm, gross) | near_tier_rows
+            if p == 1.0 and h == 0.0:
+                equity += net
+            else:
+                equity += np.where(net > 0, net * (p * (1.0 - h)), net * p)
+            g *= p
+            gross += g
+            if m is not None:
+                m *= p
+                mm += m
+                gross += m
+        state, near = _decide(idx, equity, mm, gross, cross_prev)
+        near |= near_rows[:n]
+        near &= ~self._closed_rows
         ex = 0
+        accounts = self.engine.accounts
         for r in np.flatnonzero(near).tolist():
-            if r in closed_rows:
+            st = accounts.get(self.ids[r])
+            if st is None:
                 continue
-            book = self.engine.accounts[idx.ids[r]].book
-            v = evaluate_exact(book, smarket)
+            v = evaluate_exact(st.book, smarket)
             state[r] = STATE_CODE[next_state(STATES[int(cross_prev[r])], v.cross.equity, v.cross.mm, cfg)]
             ex += 1
         iso = {}
         for sym, col in idx.symbols.items():
             if not col.n:
                 continue
-            slots = np.flatnonzero(col.iso[: col.n])
+            s = self._sym(sym)
+            slots = s.iso_slots
             if not len(slots):
                 continue
-            _, upnl, mmv, gg, nt = vals[sym]
+            notional, upnl, mmv, nt = vals[sym]
             margin = col.iso_margin[slots]
             eq = margin + upnl[slots]
             m = mmv[slots]
-            g = np.abs(margin) + gg[slots]
+            f = s.factor(marks_f[sym]) if sym in marks_f else 1.0
+            if f is None:
+                g = np.abs(margin) + notional[slots] + s.aqe[slots]
+            else:
+                g = np.abs(margin) + col.gross[slots] * f
             prev = col.iso_state[slots]
-            st = idx.decide(eq, m, prev)
-            near = idx._near(eq, m, g) | nt[slots]
-            skip = closed_slots.get(sym, ())
+            st, near = _decide(idx, eq, m, g, prev)
+            if nt is not None:
+                near |= nt[slots]
+            closed = self._closed_iso.get(sym)
+            if closed is not None:
+                near &= ~closed[slots]
             for i in np.flatnonzero(near).tolist():
-                s = int(slots[i])
-                if s in skip:
+                sl = int(slots[i])
+                acct = accounts.get(self.ids[int(col.rows[sl])])
+                if acct is None:
                     continue
-                pos = self.engine.accounts[idx.ids[int(col.rows[s])]].book.positions[sym]
+                pos = acct.book.positions[sym]
                 pv = position_values(pos, col.inst, smarket.mark_for(pos))
                 st[i] = STATE_CODE[next_state(STATES[int(prev[i])], pos.isolated_margin + pv.upnl, pv.mm, cfg)]
                 ex += 1
             iso[sym] = (slots, eq, m, st, prev)
         return equity, mm, state, iso, ex
 
-    def _exact(self, smarket, cross_prev, closed_rows, closed_slots):
+    def _exact(self, smarket, cross_prev):
         """Every scope with the exact reference (Decimal), as float arrays."""
         idx = self.idx
         n = self.n
@@ -511,7 +644,7 @@ class BookStress:
         state = np.zeros(n, np.int8)
         iso_vals: dict[str, dict[int, tuple]] = {}
         for r in range(n):
-            st = self.engine.accounts.get(idx.ids[r])
+            st = self.engine.accounts.get(self.ids[r])
             if st is None:
                 continue
             v = evaluate_exact(st.book, smarket)
@@ -526,81 +659,101 @@ class BookStress:
                                                    STATE_CODE[next_state(STATES[prev], sv.equity, sv.mm, cfg)], prev)
         iso = {}
         for sym, d in iso_vals.items():
-            slots = np.array(sorted(d), np.int64)
+            slots = self._sym(sym).iso_slots
             rows = [d[s] for s in slots.tolist()]
             iso[sym] = (slots, np.array([x[0] for x in rows]), np.array([x[1] for x in rows]),
                         np.array([x[2] for x in rows], np.int8), np.array([x[3] for x in rows], np.int8))
         return equity, mm, state, iso
 
-    def _result(self, marks_d, smarket, vals, price, c_eq, c_mm, c_state, cross_prev, iso,
-                closed_rows, closed_slots, ex, want_liquidated) -> StressResult:
+    def _result(self, marks_d, smarket, vals, price, c_eq, c_mm, c_state, cross_prev, iso, ex,
+                want_liquidated) -> StressResult:
         idx = self.idx
         n = self.n
-        ids = idx.ids
-        open_rows = np.ones(n, bool)
-        if closed_rows:
-            open_rows[list(closed_rows)] = False
-        has_acct = np.fromiter((a in self.engine.accounts for a in ids[:n]), bool, n) if n else np.zeros(0, bool)
-        open_rows &= has_acct
-        c_state = np.where(open_rows, c_state, 0).astype(np.int8)
+        ids = self.ids
+        all_acct = self._all_acct
+        any_closed = self._closed_done > 0 and bool(self._closed_rows.any())
+        short = c_mm - c_eq
+        np.maximum(short, 0.0, out=short)
+        bad = np.negative(c_eq)
+        np.maximum(bad, 0.0, out=bad)
+        if all_acct and not any_closed:  # the common case: no masks
+            n_open = n
+            worst_prev = cross_prev.astype(np.int8)  # (a copy)
+        else:
+            open_rows = self.has_acct & ~self._closed_rows
+            n_open = int(open_rows.sum())
+            c_state = np.where(open_rows, c_state, 0).astype(np.int8)
+            worst_prev = np.where(open_rows, cross_prev, 0).astype(np.int8)
+            short[~open_rows] = 0.0
+            bad[~open_rows] = 0.0
         worst = c_state.copy()
-        worst_prev = np.where(open_rows, cross_prev, 0).astype(np.int8)
-        short = np.where(open_rows, np.maximum(0.0, c_mm - c_eq), 0.0)
-        bad = np.where(open_rows, np.maximum(0.0, -c_eq), 0.0)
-        liq_bad = float(bad[c_state == 2].sum())
+        liq_c = c_state == 2
         res = StressResult()
-        res.scopes = int(open_rows.sum())
-        res.scopes_liquidation = int((c_state == 2).sum())
-        res.scopes_margin_call = int((c_state == 1).sum())
-        cand = []  # (shortfall, bad debt, account, scope, state, equity, mm) candidates for top
+        res.scopes = n_open
+        res.scopes_liquidation = int(np.count_nonzero(liq_c))
+        res.scopes_margin_call = int(np.count_nonzero(c_state == 1))
+        liq_bad = float(bad[liq_c].sum())
         k = self.top
+        cand = []
         if k and n:
-            pick = np.argpartition(-(short + bad), k - 1)[:k] if n > k else np.arange(n)
-            for r in pick.tolist():
-                if short[r] > 0 or bad[r] > 0:
-                    cand.append({"account_id": ids[r], "scope": CROSS, "state": STATES[int(c_state[r])],
-                                 "equity": float(c_eq[r]), "maintenance_margin": float(c_mm[r]),
-                                 "shortfall": float(short[r]), "bad_debt": float(bad[r])})
+            for r in _top_rows(short + bad, k):
+                cand.append({"account_id": ids[r], "scope": CROSS, "state": STATES[int(c_state[r])],
+                             "equity": float(c_eq[r]), "maintenance_margin": float(c_mm[r]),
+                             "shortfall": float(short[r]), "bad_debt": float(bad[r])})
         shortfall = float(short.sum())
         bad_debt = float(bad.sum())
         unpriced = 0
         liq_slots: dict[str, np.ndarray] = {}
         for sym, (slots, eq, m, st, prev) in iso.items():
             col = idx.symbols[sym]
-            rows = col.rows[slots]
-            ok = has_acct[rows]  # an isolated scope stays open when its account's cross scope closed
-            if sym in closed_slots:
-                ok = ok & ~np.isin(slots, np.fromiter(closed_slots[sym], np.int64))
-            st = np.where(ok, st, 0).astype(np.int8)
-            prev_ok = np.where(ok, prev, 0).astype(np.int8)
-            np.maximum.at(worst, rows, st)
-            np.maximum.at(worst_prev, rows, prev_ok)
-            res.scopes += int(ok.sum())
-            res.scopes_liquidation += int((st == 2).sum())
-            res.scopes_margin_call += int((st == 1).sum())
+            s = self._sym(sym)
+            rows = s.iso_rows
+            closed = self._closed_iso.get(sym)
+            ok = None  # None: every slot open
+            if not all_acct:
+                ok = self.has_acct[rows]
+            if closed is not None:  # an isolated scope stays open when its account's cross scope closed
+                ok = ~closed[slots] if ok is None else ok & ~closed[slots]
+            if ok is not None:
+                st = np.where(ok, st, 0).astype(np.int8)
+                prev = np.where(ok, prev, 0).astype(np.int8)
+            # the rows of a column are distinct: a gather/scatter is the maximum.at
+            worst[rows] = np.maximum(worst[rows], st)
+            worst_prev[rows] = np.maximum(worst_prev[rows], prev)
+            liq = st == 2
+            n_ok = len(slots) if ok is None else int(ok.sum())
+            res.scopes += n_ok
+            res.scopes_liquidation += int(np.count_nonzero(liq))
+            res.scopes_margin_call += int(np.count_nonzero(st == 1))
             if want_liquidated:
-                liq_slots[sym] = slots[st == 2]
+                liq_slots[sym] = slots[liq]
             p = float(price[col.asset_col])
             if math.isnan(p):
-                unpriced += int(ok.sum())
+                unpriced += n_ok
                 continue
-            sh = np.where(ok, np.maximum(0.0, m - eq), 0.0) * p
-            bd = np.where(ok, np.maximum(0.0, -eq), 0.0) * p
+            sh = m - eq
+            np.maximum(sh, 0.0, out=sh)
+            bd = np.negative(eq)
+            np.maximum(bd, 0.0, out=bd)
+            if ok is not None:
+                sh[~ok] = 0.0
+                bd[~ok] = 0.0
+            if p != 1.0:
+                sh *= p
+                bd *= p
             shortfall += float(sh.sum())
             bad_debt += float(bd.sum())
-            liq_bad += float(bd[st == 2].sum())
-            if k:
-                pick = np.argpartition(-(sh + bd), k - 1)[:k] if len(sh) > k else np.arange(len(sh))
-                for i in pick.tolist():
-                    if sh[i] > 0 or bd[i] > 0:
-                        cand.append({"account_id": ids[int(rows[i])], "scope": sym, "state": STATES[int(st[i])],
-                                     "equity": float(eq[i] * p), "maintenance_margin": float(m[i] * p),
-                                     "shortfall": float(sh[i]), "bad_debt": float(bd[i])})
-        res.accounts = int(has_acct.sum())
-        res.liquidation = sorted(ids[r] for r in np.flatnonzero(worst == 2).tolist())
-        res.margin_call = sorted(ids[r] for r in np.flatnonzero(worst == 1).tolist())
-        res.entering_liquidation = sorted(ids[r] for r in np.flatnonzero((worst == 2) & (worst_prev < 2)).tolist())
-        res.entering_margin_call = sorted(ids[r] for r in np.flatnonzero((worst == 1) & (worst_prev < 1)).tolist())
+            liq_bad += float(bd[liq].sum())
+            if k and len(sh):
+                for i in _top_rows(sh + bd, k):
+                    cand.append({"account_id": ids[int(rows[i])], "scope": sym, "state": STATES[int(st[i])],
+                                 "equity": float(eq[i] * p), "maintenance_margin": float(m[i] * p),
+                                 "shortfall": float(sh[i]), "bad_debt": float(bd[i])})
+        res.accounts = int(self.has_acct.sum())
+        res.liquidation = self._ids_where(worst == 2)
+        res.margin_call = self._ids_where(worst == 1)
+        res.entering_liquidation = self._ids_where((worst == 2) & (worst_prev < 2))
+        res.entering_margin_call = self._ids_where((worst == 1) & (worst_prev < 1))
         res.shortfall = shortfall
         res.bad_debt = bad_debt
         res.liq_bad_debt = liq_bad
@@ -610,44 +763,45 @@ class BookStress:
         res.marks = {s: fmt_decimal(m) for s, m in sorted(marks_d.items())}
         res.all_marks = {s: fmt_decimal(m) for s, m in sorted(smarket.marks.items())}
         if want_liquidated:
-            self._liquidated(res, c_state, liq_slots, vals, price, smarket)
+            self._liquidated(res, liq_c, liq_slots, vals, price)
         return res
 
-    def _liquidated(self, res: StressResult, c_state, liq_slots, vals, price, smarket) -> None:
+    def _liquidated(self, res: StressResult, liq_rows, liq_slots, vals, price) -> None:
         """Scopes in liquidation and the signed notional (valuation currency, + = sold) of
         their positions per symbol: the orders of closing them in full at the marks."""
         idx = self.idx
-        ids = idx.ids
-        liq_rows = c_state == 2
-        res.liquidated = [[ids[r], CROSS] for r in np.flatnonzero(liq_rows).tolist()]
+        ids = self.ids
+        pairs = [(a, CROSS) for a in self._ids_where(liq_rows)]
+        liq_x = np.append(liq_rows, False)  # the spare row of isolated slots: never
         notional: dict[str, float] = {}
         for sym, col in idx.symbols.items():
             if not col.n:
                 continue
-            p = float(price[col.asset_col])
-            if math.isnan(p):
-                p = 0.0
-            slots, rows = self._cross_of(col)
-            sel = slots[liq_rows[rows]]
-            iso_sel = liq_slots.get(sym)  # (already excludes closed slots: their state is 0)
+            s = self._sym(sym)
+            sel = np.flatnonzero(liq_x[s.rows_x]) if liq_rows.any() else np.zeros(0, np.int64)
+            iso_sel = liq_slots.get(sym)
             if iso_sel is not None and len(iso_sel):
-                res.liquidated.extend([ids[int(r)], sym] for r in col.rows[iso_sel].tolist())
+                pairs.extend((ids[r], sym) for r in col.rows[iso_sel].tolist())
                 sel = np.concatenate([sel, iso_sel])
             if not len(sel):
                 continue
-            n_ = vals[sym][0]
-            if n_ is None:  # unshocked: the notional at the book's mark
+            nv = vals[sym][0]
+            if nv is None:  # unshocked: the notional at the book's mark
                 m = col.mark
-                aq = np.abs(col.qty[sel]) * col.c
                 if math.isnan(m):
                     m = col.lastp[sel]
-                nv = aq * (1.0 / m) if col.inverse else aq * m
+                x = (1.0 / m) if col.inverse else m
+                nv_sel = s.aq[sel] * x
             else:
-                nv = n_[sel]
-            signed = float((np.sign(col.qty[sel]) * nv).sum()) * p
+                nv_sel = nv[sel]
+            p = float(price[col.asset_col])
+            if math.isnan(p):
+                continue
+            signed = float(np.dot(s.sign[sel], nv_sel)) * p
             if signed:
                 notional[sym] = notional.get(sym, 0.0) + signed
-        res.liquidated.sort()
+        pairs.sort()
+        res.liquidated = pairs
         res.liquidated_notional = notional
 
 

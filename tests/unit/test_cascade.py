@@ -140,6 +140,6 @@ def test_fan_out_over_books_equals_one_book():
 def test_cascade_state_machine():
     c = Cascade(Scenario(), MODEL, 1)
     sc, closed = c.next_round()
-    assert closed == frozenset()
+    assert closed == []
     with pytest.raises(ValueError):
         Cascade(Scenario(), MODEL, 0)

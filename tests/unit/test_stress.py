@@ -250,12 +250,6 @@ def engine_view(eng) -> dict:
     return {"scopes": out, "shortfall": float(sf), "bad_debt": float(bd)}
 
 
-def stress_states(bs: BookStress, res: StressResult, sc: Scenario) -> dict:
-    """Per-scope states of the stress evaluation, read from the liquidation list and the
-    worst states (and, per scope, from a want_liquidated pass)."""
-    return {"liq": res.liquidation, "call": res.margin_call}
-
-
 def worst_lists(view: dict) -> tuple[list, list]:
     rank = {"healthy": 0, "margin_call": 1, "liquidation": 2}
     liq, call = [], []
@@ -266,7 +260,7 @@ def worst_lists(view: dict) -> tuple[list, list]:
 
 
 def liquidated_scopes(view: dict) -> list:
-    return sorted([a, s] for a, scopes in view["scopes"].items() for s, st in scopes.items() if st == "liquidation")
+    return sorted((a, s) for a, scopes in view["scopes"].items() for s, st in scopes.items() if st == "liquidation")
 
 
 def check_against_engine(events, scenario: Scenario, cfg: MarginConfig | None = None):
