@@ -112,7 +112,9 @@ async def check_kafka(settings: Settings, timeout_s: float = 15.0) -> None:
         except ssl.SSLError as exc:
             err = MarginwatchError("kafka_tls_error", f"{_where(settings)}: TLS handshake failed ({exc.reason or exc})")
         except (OSError, asyncio.TimeoutError, kerr.KafkaError, ValueError) as exc:
-            reason = getattr(exc, "strerror", None) or type(exc).__name__
+            reason = getattr(exc, "strerror", None) or str(exc).strip() or type(exc).__name__
+            if isinstance(exc, kerr.KafkaConnectionError) and not sec["security_protocol"].endswith("SSL"):
+                reason += " (a TLS listener closes plaintext connections: set MW_KAFKA_SECURITY_PROTOCOL to SSL or SASL_SSL)"
             err = MarginwatchError("kafka_unreachable", f"cannot reach {_where(settings)}: {reason}")
         else:
             conn.close()

@@ -207,6 +207,7 @@ def test_wrong_password_refused(secure_broker: SecureBroker, tmp_path: Path, uni
     plaintext = dict(env, MW_KAFKA_SECURITY_PROTOCOL="SASL_PLAINTEXT", MW_KAFKA_SASL_PASSWORD=PASSWORD)
     proc = _cli(plaintext, "tail", "margin-status", "--no-follow")
     assert proc.returncode == 1 and "Traceback" not in proc.stderr and PASSWORD not in proc.stdout + proc.stderr
+    assert "SASL_SSL" in proc.stderr, proc.stderr
     lines.append(proc.stderr.strip().splitlines()[-1])
     print("refusals:\n  " + "\n  ".join(lines))
 
