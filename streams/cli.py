@@ -395,6 +395,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--final", action="store_true", help="add each account's final margin-status at the end")
     p.set_defaults(func=cmd_replay)
 
+    from .stress_cli import add_stress_command
+
+    add_stress_command(sub, add_margin_options)
+
     p = sub.add_parser("worker", help="run the stream worker (Faust) against Kafka")
     p.add_argument("--web-port", type=int, help="HTTP port (default MW_WEB_PORT)")
     p.add_argument("--loglevel", default=None, help="log level (default MW_LOG_LEVEL)")
