@@ -55,6 +55,10 @@ SETTINGS_DOC: dict[str, tuple[str, str]] = {
 }
 
 SECRETS = frozenset({"kafka_sasl_password", "api_token"})
+KAFKA_PROTOCOLS = ("PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL")
+#: SASL mechanisms aiokafka can use with a user name and password (GSSAPI and
+#: OAUTHBEARER need a Kerberos setup or a token provider, not settings).
+SASL_MECHANISMS = ("PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512")
 _TRUE = {"1", "true", "yes", "on"}
 _FALSE = {"0", "false", "no", "off", ""}
 
@@ -123,6 +127,23 @@ class Settings:
             raise ConfigError("MW_PARTITIONS must be >= 1", "partitions")
         if not (self.store.startswith("memory://") or self.store.startswith("rocksdb://")):
             raise ConfigError(f"MW_STORE must be memory:// or rocksdb://, got {self.store!r}", "store")
+        self._validate_kafka_security()
+
+    def _validate_kafka_security(self) -> None:
+        """Kafka security settings; messages never show the password."""
+        proto = self.kafka_security_protocol.upper()
+        if proto not in KAFKA_PROTOCOLS:
+            raise ConfigError(f"MW_KAFKA_SECURITY_PROTOCOL must be one of {', '.join(KAFKA_PROTOCOLS)}, "
+                              f"got {self.kafka_security_protocol!r}", "kafka_security_protocol")
+        if proto.startswith("SASL"):
+            if self.kafka_sasl_mechanism not in SASL_MECHANISMS:
+                raise ConfigError(f"MW_KAFKA_SASL_MECHANISM must be one of {', '.join(SASL_MECHANISMS)}, "
+                                  f"got {self.kafka_sasl_mechanism!r}", "kafka_sasl_mechanism")
+            if not self.kafka_sasl_username or not self.kafka_sasl_password:
+                raise ConfigError(f"MW_KAFKA_SASL_USERNAME and MW_KAFKA_SASL_PASSWORD must both be set with "
+                                  f"MW_KAFKA_SECURITY_PROTOCOL={proto}", "kafka_sasl_username")
+        if proto.endswith("SSL") and self.kafka_ssl_cafile and not os.path.isfile(self.kafka_ssl_cafile):
+            raise ConfigError(f"MW_KAFKA_SSL_CAFILE: no such file: {self.kafka_ssl_cafile}", "kafka_ssl_cafile")
 
     def topic(self, name: str) -> str:
         """The full name of contract topic ``name`` (with the configured prefix)."""
