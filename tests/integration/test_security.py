@@ -4,7 +4,8 @@
    by the test, a SASL_SSL listener requiring SCRAM-SHA-512, credentials created at
    format time). A worker configured only through ``MW_KAFKA_*`` settings works
    end to end over it (fills, collateral and a mark in, a margin-status out); the
-   password appears nowhere in its log, its ``/metrics`` or its other pages.
+   password (and the API token) appear nowhere in its log at debug level, its
+   ``/metrics`` or its other pages.
 2. A wrong password is refused with one clear line ("authentication failed"), exit
    status 1, no traceback, no password: for the worker, ``tail`` and ``simulate``;
    an untrusted certificate likewise ("not trusted").
@@ -132,7 +133,7 @@ def secure_broker(tmp_path_factory):
 def test_worker_over_scram_tls(secure_broker: SecureBroker, tmp_path: Path, unique_prefix: str) -> None:
     token = f"Tok{uuid.uuid4().hex}"
     env = worker_env(secure_broker.bootstrap, unique_prefix, partitions=2,
-                     MW_STATUS_INTERVAL_MS="0", MW_STATUS_RATIO_STEP="0", MW_API_TOKEN=token,
+                     MW_STATUS_INTERVAL_MS="0", MW_STATUS_RATIO_STEP="0", MW_API_TOKEN=token, MW_LOG_LEVEL="debug",
                      **secure_broker.env(USER, PASSWORD))
     settings = Settings.from_env(env)
     assert PASSWORD not in repr(settings) and token not in repr(settings)
