@@ -24,6 +24,7 @@ with valid traffic. Then:
 from __future__ import annotations
 
 import asyncio
+import base64
 import re
 import time
 import urllib.request
@@ -195,8 +196,13 @@ def test_hostile_input_on_every_topic(kafka_bootstrap: str, tmp_path: Path, uniq
     # the dead letters: exactly the expected ones, valid, each naming its field
     records = [r for recs in dead_letters.values() for r in recs]
     got_dl: Counter = Counter()
+    other_kafka_key = Counter()  # reported: the contract keys a dead letter by the input key
     for rec in records:
         dl = orjson.loads(rec.value)
+        input_key = base64.b64decode(dl["key_b64"]) if "key_b64" in dl else (
+            dl["key"].encode() if dl["key"] is not None else None)
+        if rec.key != input_key:
+            other_kafka_key["no key" if input_key is None else "key not UTF-8" if "key_b64" in dl else "other"] += 1
         DL_SCHEMA(dl)
         assert names_field(dl), dl
         assert len(rec.value) <= 70 * 1024
@@ -218,4 +224,5 @@ def test_hostile_input_on_every_topic(kafka_bootstrap: str, tmp_path: Path, uniq
         + f"\ndead letters received: {len(records)} ("
         + ", ".join(f"{t} {n}" for t, n in sorted(dl_per_topic.items())) + "); by error: "
         + ", ".join(f"{e} {n}" for e, n in sorted(dl_per_error.items()))
+        + (f"\ndead letters whose Kafka key is not the input key: {dict(other_kafka_key)}" if other_kafka_key else "")
     )
