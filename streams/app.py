@@ -98,6 +98,7 @@ def create_app(settings: Settings) -> MarginApp:
 
     attach_margin_agent(mapp)
     attach_pages(mapp)
+    from .web_stress import attach_stress_pages; attach_stress_pages(mapp)  # noqa: E702  POST /stress
     return mapp
 
 
