@@ -335,7 +335,7 @@ def _decide(idx, equity, mm, gross, prev):
 class _Sym:
     """Per-symbol constants of a book (computed once per :class:`BookStress`)."""
 
-    __slots__ = ("col", "n", "rows_x", "iso_slots", "iso_rows", "qc", "qce", "aq", "aqe", "sign")
+    __slots__ = ("col", "n", "rows_x", "iso_slots", "iso_rows", "qc", "qce", "aq", "aqe", "sign", "buf")
 
     def __init__(self, col, n_rows: int) -> None:
         n = col.n
@@ -353,6 +353,7 @@ class _Sym:
         self.aq = np.abs(self.qc)
         self.aqe = self.aq * e
         self.sign = np.sign(q)
+        self.buf = None
 
     def values(self, mark: float):
         """Notional, uPnL, MM and near-tier flags (None: none) at ``mark``, the contract's
@@ -365,19 +366,23 @@ class _Sym:
         engine's near-tier test). Nothing is written."""
         col = self.col
         n = self.n
+        if self.buf is None:  # scratch arrays, reused by every evaluation of this BookStress
+            self.buf = (np.empty(n), np.empty(n), np.empty(n), np.empty(n, bool), np.empty(n, bool))
+        upnl, notional, mm, bad, tmp = self.buf
         if col.inverse:
             x = 1.0 / mark if mark > 0 else 0.0
-            upnl = self.qc * x
+            np.multiply(self.qc, x, out=upnl)
             np.subtract(self.qce, upnl, out=upnl)
         else:
             x = mark
-            upnl = self.qc * x
+            np.multiply(self.qc, x, out=upnl)
             upnl -= self.qce
-        notional = self.aq * x
-        mm = notional * col.t_mmr[:n]
+        np.multiply(self.aq, x, out=notional)
+        np.multiply(notional, col.t_mmr[:n], out=mm)
         mm -= col.t_amt[:n]
-        bad = notional <= col.t_lo[:n]
-        bad |= notional >= col.t_hi[:n]
+        np.less_equal(notional, col.t_lo[:n], out=bad)
+        np.greater_equal(notional, col.t_hi[:n], out=tmp)
+        bad |= tmp
         out = np.flatnonzero(bad)
         near = None
         if len(out):
