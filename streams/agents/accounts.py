@@ -32,6 +32,8 @@ from ..metrics import SEQUENCED_LAG_TOPIC, STATES
 from ..pipeline import PartitionProcessor, new_engine, load_seed
 from ..replay import stamp
 from ..topics import SOURCE_HEADER
+from .batching import take_batches
+from .sender import BatchSender
 from .ordering import ACCEPT, EXIT_OUT_OF_ORDER, OUT_OF_ORDER, OffsetGuard, committed_offset
 
 log = logging.getLogger(__name__)
@@ -453,7 +455,10 @@ def attach_margin_agent(mapp) -> None:
     async def margin(stream):
         _keep_explicit_partitions(app, {t.get_topic_name() for t in mapp.outputs.values()})
         barrier = CommitBarrier(app.consumer)
-        async for events in stream.take_events(settings.batch_size, settings.batch_timeout_s):
+        sender = BatchSender(app, mapp.sequenced.get_topic_name())
+        changelog_names = {t: t.changelog_topic.get_topic_name() for t in (mapp.accounts, mapp.seen)}
+        output_names = {name: t.get_topic_name() for name, t in mapp.outputs.items()}
+        async for events in take_batches(stream, settings.batch_size, settings.batch_timeout_s):
             async with barrier:
                 t0 = time.perf_counter()
                 touched: dict[int, PartitionProcessor] = {}
@@ -492,14 +497,15 @@ def attach_margin_agent(mapp) -> None:
                 metrics.observe_batch(len(events), time.perf_counter() - t0)
                 for p, (table, key, value) in changes:
                     table.data[key] = value
-                    await table.changelog_topic.send(key=key, value=value, partition=p)
+                    sender.add(changelog_names[table], p, key, value)
                 for p, out in sends:
-                    await mapp.outputs[out.topic].send(key=out.key.encode(), value=orjson.dumps(out.value), partition=p)
+                    sender.add(output_names[out.topic], p, out.key.encode(), orjson.dumps(out.value))
                     metrics.observe_output(out.topic, event_ts_ms=out.value.get("ts"))
                     if out.topic == "margin-calls":
                         metrics.observe_transition(out.value["to"])
                     elif out.topic == "liquidations":
                         metrics.observe_liquidation(out.value["step"] == 1)
+                await sender.flush()
                 for event in events:  # inside the barrier: the batch commits whole
                     await stream.ack(event)
 
