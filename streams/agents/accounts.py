@@ -29,7 +29,7 @@ import orjson
 from ..margin import records
 from ..margin.events import MarkTick
 from ..metrics import SEQUENCED_LAG_TOPIC, STATES
-from ..pipeline import PartitionProcessor, new_engine, load_seed
+from ..pipeline import DEAD_LETTERS, PartitionProcessor, new_engine, load_seed
 from ..replay import stamp
 from ..topics import SOURCE_HEADER
 from .batching import take_batches
@@ -491,15 +491,17 @@ def attach_margin_agent(mapp) -> None:
                     if isinstance(result.event, MarkTick) and result.outcome == "applied":
                         metrics.set_mark(result.event.symbol, result.event.ts)
                     for out in stamp(result.outputs, proc.clock):
-                        sends.append((p, out))
+                        # the contract keys a dead-letter by the input's key, bytes as they came
+                        key = msg.key if out.topic == DEAD_LETTERS else out.key.encode()
+                        sends.append((p, out, key))
                     mapp.last_offsets[p] = msg.offset
                 changes = [(p, c) for p, proc in touched.items() for c in changed_records(mapp, p, proc, written[p])]
                 metrics.observe_batch(len(events), time.perf_counter() - t0)
                 for p, (table, key, value) in changes:
                     table.data[key] = value
                     sender.add(changelog_names[table], p, key, value)
-                for p, out in sends:
-                    sender.add(output_names[out.topic], p, out.key.encode(), orjson.dumps(out.value))
+                for p, out, key in sends:
+                    sender.add(output_names[out.topic], p, key, orjson.dumps(out.value))
                     metrics.observe_output(out.topic, event_ts_ms=out.value.get("ts"))
                     if out.topic == "margin-calls":
                         metrics.observe_transition(out.value["to"])

@@ -196,7 +196,7 @@ def test_hostile_input_on_every_topic(kafka_bootstrap: str, tmp_path: Path, uniq
     # the dead letters: exactly the expected ones, valid, each naming its field
     records = [r for recs in dead_letters.values() for r in recs]
     got_dl: Counter = Counter()
-    other_kafka_key = Counter()  # reported: the contract keys a dead letter by the input key
+    other_kafka_key = Counter()  # the contract keys a dead letter by the input key
     for rec in records:
         dl = orjson.loads(rec.value)
         input_key = base64.b64decode(dl["key_b64"]) if "key_b64" in dl else (
@@ -208,6 +208,7 @@ def test_hostile_input_on_every_topic(kafka_bootstrap: str, tmp_path: Path, uniq
         assert len(rec.value) <= 70 * 1024
         got_dl[identity(dl)] += 1
     assert len(records) == outcomes["dead_letter"]
+    assert not other_kafka_key, f"dead letters whose Kafka key is not the input key: {dict(other_kafka_key)}"
     missing, extra = want_dl - got_dl, got_dl - want_dl
     assert not missing and not extra, (list(missing.items())[:5], list(extra.items())[:5])
 
