@@ -135,7 +135,7 @@ class Cascade:
             return
         current = {s: Decimal(m) for s, m in result.all_marks.items()}
         moved, moves = self.model.next_marks(current, result.liquidated_notional)
-        rnd.moves = {s: fmt_decimal(mv) for s, mv in moves.items()}
+        rnd.moves = {s: fmt_sig(mv) for s, mv in moves.items()}  # (12 significant digits)
         if len(self.rounds) >= self.max_rounds:
             return
         if not moved:
