@@ -335,7 +335,7 @@ def _decide(idx, equity, mm, gross, prev):
 class _Sym:
     """Per-symbol constants of a book (computed once per :class:`BookStress`)."""
 
-    __slots__ = ("col", "n", "rows_x", "iso_slots", "iso_rows", "qc", "qce", "aq", "aqe", "sign", "buf")
+    __slots__ = ("col", "n", "rows_x", "iso_slots", "iso_rows", "qc", "qce", "aq", "aqe", "sign", "buf", "iso")
 
     def __init__(self, col, n_rows: int) -> None:
         n = col.n
@@ -354,6 +354,7 @@ class _Sym:
         self.aqe = self.aq * e
         self.sign = np.sign(q)
         self.buf = None
+        self.iso = None
 
     def values(self, mark: float):
         """Notional, uPnL, MM and near-tier flags (None: none) at ``mark``, the contract's
@@ -392,6 +393,15 @@ class _Sym:
                 near = np.zeros(n, bool)
                 near[out] = near_o
         return notional, upnl, mm, near
+
+    def iso_consts(self):
+        """Isolated slots' margin, |margin|, Σ|terms| at the book's mark and current state
+        (the same for every scenario of this BookStress)."""
+        if self.iso is None:
+            col, slots = self.col, self.iso_slots
+            margin = col.iso_margin[slots]
+            self.iso = (margin, np.abs(margin), col.gross[slots], col.iso_state[slots])
+        return self.iso
 
     def factor(self, mark: float) -> float | None:
         """An upper bound F ≥ 1 of how much the position terms |q|c·(m + e) (linear) or
@@ -612,15 +622,16 @@ class BookStress:
             if not len(slots):
                 continue
             notional, upnl, mmv, nt = vals[sym]
-            margin = col.iso_margin[slots]
-            eq = margin + upnl[slots]
+            margin, abs_margin, gross0, prev = s.iso_consts()
+            eq = upnl[slots]
+            eq += margin
             m = mmv[slots]
             f = s.factor(marks_f[sym]) if sym in marks_f else 1.0
             if f is None:
-                g = np.abs(margin) + notional[slots] + s.aqe[slots]
+                g = abs_margin + notional[slots] + s.aqe[slots]
             else:
-                g = np.abs(margin) + col.gross[slots] * f
-            prev = col.iso_state[slots]
+                g = gross0 * f if f != 1.0 else gross0.copy()
+                g += abs_margin
             st, near = _decide(idx, eq, m, g, prev)
             if nt is not None:
                 near |= nt[slots]
