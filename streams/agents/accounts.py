@@ -38,6 +38,8 @@ from .ordering import ACCEPT, EXIT_OUT_OF_ORDER, OUT_OF_ORDER, OffsetGuard, comm
 
 log = logging.getLogger(__name__)
 SEP = "\x1f"
+# margin-status bodies deferred by one event above which its decisions are shipped first (ALO)
+EARLY_SHIP_STATUSES = 16
 
 
 def _prefix(partition: int) -> str:
@@ -445,6 +447,7 @@ def attach_margin_agent(mapp) -> None:
             t0 = time.perf_counter()
             try:
                 proc = mapp.processors[p] = await build_processor(mapp, p)
+                proc.engine.defer_status = True  # decisions ship before status bodies are built
                 guard.start(p, await committed_offset(mapp, p))
             finally:
                 health.build_finished(p, time.perf_counter() - t0)
@@ -458,11 +461,22 @@ def attach_margin_agent(mapp) -> None:
         sender = BatchSender(app, mapp.sequenced.get_topic_name())
         changelog_names = {t: t.changelog_topic.get_topic_name() for t in (mapp.accounts, mapp.seen)}
         output_names = {name: t.get_topic_name() for name, t in mapp.outputs.items()}
+
+        def queue_outputs(p: int, input_key: bytes | None, outputs) -> None:
+            for out in outputs:
+                # the contract keys a dead-letter by the input's key, bytes as they came
+                key = input_key if out.topic == DEAD_LETTERS else out.key.encode()
+                sender.add(output_names[out.topic], p, key, orjson.dumps(out.value))
+                metrics.observe_output(out.topic, event_ts_ms=out.value.get("ts"))
+                if out.topic == "margin-calls":
+                    metrics.observe_transition(out.value["to"])
+                elif out.topic == "liquidations":
+                    metrics.observe_liquidation(out.value["step"] == 1)
+
         async for events in take_batches(stream, settings.batch_size, settings.batch_timeout_s):
             async with barrier:
                 t0 = time.perf_counter()
                 touched: dict[int, PartitionProcessor] = {}
-                sends = []
                 for event in events:
                     msg = event.message
                     p = msg.partition
@@ -490,23 +504,21 @@ def attach_margin_agent(mapp) -> None:
                         metrics.set_partition_progress(p, result.event_ts)
                     if isinstance(result.event, MarkTick) and result.outcome == "applied":
                         metrics.set_mark(result.event.symbol, result.event.ts)
-                    for out in stamp(result.outputs, proc.clock):
-                        # the contract keys a dead-letter by the input's key, bytes as they came
-                        key = msg.key if out.topic == DEAD_LETTERS else out.key.encode()
-                        sends.append((p, out, key))
+                    queue_outputs(p, msg.key, stamp(result.outputs, proc.clock))
+                    if proc.engine.status_pending:
+                        if result.outputs and proc.engine.status_pending >= EARLY_SHIP_STATUSES and not app.in_transaction:
+                            # a burst (a crash tick): put its margin calls and liquidations on
+                            # the wire before building thousands of margin-status bodies
+                            await sender.flush()
+                            for _ in range(3):  # let the producer's sender task take the batches
+                                await asyncio.sleep(0)
+                        queue_outputs(p, msg.key, stamp(proc.engine.finish_status(), proc.clock))
                     mapp.last_offsets[p] = msg.offset
                 changes = [(p, c) for p, proc in touched.items() for c in changed_records(mapp, p, proc, written[p])]
                 metrics.observe_batch(len(events), time.perf_counter() - t0)
                 for p, (table, key, value) in changes:
                     table.data[key] = value
                     sender.add(changelog_names[table], p, key, value)
-                for p, out, key in sends:
-                    sender.add(output_names[out.topic], p, key, orjson.dumps(out.value))
-                    metrics.observe_output(out.topic, event_ts_ms=out.value.get("ts"))
-                    if out.topic == "margin-calls":
-                        metrics.observe_transition(out.value["to"])
-                    elif out.topic == "liquidations":
-                        metrics.observe_liquidation(out.value["step"] == 1)
                 await sender.flush()
                 for event in events:  # inside the barrier: the batch commits whole
                     await stream.ack(event)

@@ -67,12 +67,18 @@ class BatchSender:
                 if batch.append(key=key, value=value, timestamp=None) is not None:
                     continue
                 if batch.record_count():
-                    futures.append(await producer.send_batch(batch, topic, partition=partition))
+                    futures.append(await self._send(producer, batch, topic, partition))
                     batch = producer.create_batch()
                     if batch.append(key=key, value=value, timestamp=None) is not None:
                         continue
                 # larger than a whole batch: the producer's own path (and its size check)
                 futures.append(await producer.send(topic, value, key=key, partition=partition))
             if batch.record_count():
-                futures.append(await producer.send_batch(batch, topic, partition=partition))
+                futures.append(await self._send(producer, batch, topic, partition))
         return futures
+
+    @staticmethod
+    async def _send(producer, batch, topic: str, partition: int) -> asyncio.Future:
+        # closed: complete, so the producer sends it at once instead of lingering
+        batch.close()
+        return await producer.send_batch(batch, topic, partition=partition)

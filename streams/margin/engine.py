@@ -110,10 +110,22 @@ class PartitionEngine:
         self._dirty_seen: dict[str, str] = {}
         self._dirty_globals = False
         self.params_version = 0
+        # With defer_status, margin-status bodies (the costly part of a crash tick) are built by
+        # finish_status() after the caller has shipped the event's decisions; apply() builds any
+        # left over first, so a status always describes the state right after its own event.
+        self.defer_status = False
+        self._pending_status: list[tuple] = []
+        self._built_status: list[Output] = []
 
     # -- the fold ------------------------------------------------------------------
     def apply(self, event) -> ApplyResult:
-        """Apply one event; raises :class:`InputRejected` (state unchanged) when it cannot be applied."""
+        """Apply one event; raises :class:`InputRejected` (state unchanged) when it cannot be applied.
+
+        With :attr:`defer_status` the result holds the margin-calls and liquidations only;
+        :meth:`finish_status` returns the event's margin-status outputs.
+        """
+        if self._pending_status:
+            self._built_status.extend(self._build_pending_status())
         if isinstance(event, MarkTick):
             return self._apply_mark(event)
         if isinstance(event, (InstrumentParams, AssetParams)):
@@ -468,12 +480,32 @@ class PartitionEngine:
             outs.append(self._out(LIQUIDATIONS, account_id, scope, cause, ts,
                                   self.status.liquidation(r, scope, episode, step)))
         if emit_status:
-            payload, ratio = self.status.margin_status(r, ce, i)
-            outs.append(self._out(MARGIN_STATUS, account_id, "account", cause, ts, payload))
-            self.index.emit_ts[r] = ts
-            self.index.emit_ratio[r] = math.nan if ratio is None else ratio
-            self.index.book_dirty[r] = False
+            if self.defer_status:
+                self._pending_status.append((r, account_id, ce, i, cause, ts))
+            else:
+                outs.append(self._status_output(r, account_id, ce, i, cause, ts))
         return outs
+
+    def _status_output(self, r, account_id, ce, i, cause, ts) -> Output:
+        payload, ratio = self.status.margin_status(r, ce, i)
+        self.index.emit_ts[r] = ts
+        self.index.emit_ratio[r] = math.nan if ratio is None else ratio
+        self.index.book_dirty[r] = False
+        return self._out(MARGIN_STATUS, account_id, "account", cause, ts, payload)
+
+    def _build_pending_status(self) -> list[Output]:
+        pending, self._pending_status = self._pending_status, []
+        return [self._status_output(*args) for args in pending]
+
+    @property
+    def status_pending(self) -> int:
+        """Margin-status outputs deferred by the last :meth:`apply` and not built yet."""
+        return len(self._pending_status)
+
+    def finish_status(self) -> list[Output]:
+        """The deferred margin-status outputs (:attr:`defer_status`), in emission order."""
+        built, self._built_status = self._built_status, []
+        return built + self._build_pending_status()
 
     def _scope_in_liquidation(self, r: int, scope: str) -> bool:
         if scope == CROSS_SCOPE:

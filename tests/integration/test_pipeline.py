@@ -92,7 +92,9 @@ def test_generated_log_equals_replay_of_sequenced_log(kafka_bootstrap, unique_pr
 
 
 @pytest.mark.timeout(600)
-def test_phased_input_equals_replay_of_original_file(kafka_bootstrap, unique_prefix, tmp_path):
+@pytest.mark.parametrize("guarantee", ["exactly_once", "at_least_once"])
+def test_phased_input_equals_replay_of_original_file(kafka_bootstrap, unique_prefix, tmp_path, guarantee):
+    # at-least-once also ships a crash tick's decisions before its margin-status bodies
     cfg = SimConfig(seed=5, accounts=120, events=4000, symbols=("BTCUSDT",), bad_share=0.0, crash_at=0.6)
     original = list(generate(cfg))
     phases = [
@@ -101,7 +103,7 @@ def test_phased_input_equals_replay_of_original_file(kafka_bootstrap, unique_pre
         [e for e in original if e["topic"] == "mark-prices"],
     ]
     phased = [e for phase in phases for e in phase]
-    env = worker_env(kafka_bootstrap, unique_prefix, PARTITIONS)
+    env = worker_env(kafka_bootstrap, unique_prefix, PARTITIONS, MW_GUARANTEE=guarantee)
     worker = WorkerProcess(env, tmp_path, "a").start()
     try:
         wait_up(worker)
