@@ -101,13 +101,30 @@ def print_tables(result: dict) -> None:
         for g, r in s["pipeline"].items():
             ratio = r.get("ratio_to_baseline")
             out.write(f"| pipeline {g} (commit {r['commit_interval_s']} s) | {fmt(r['events_per_s'])} | "
-                      f"{fmt(ratio, 2) if ratio is not None else '-'} | {fmt(r['p50_ms'], 1)} / {fmt(r['p99_ms'], 1)} / "
+                      f"{fmt(ratio, 3) if ratio is not None else '-'} | {fmt(r['p50_ms'], 1)} / {fmt(r['p99_ms'], 1)} / "
                       f"{fmt(r['max_ms'], 1)} | {fmt(r['first_p50_ms'], 1)} / {fmt(r['first_p99_ms'], 1)} / "
                       f"{fmt(r['first_max_ms'], 1)} | {fmt(r['caused_events'])} | {fmt(r['peak_rss_mib'])} | "
                       f"{fmt(r['startup_s'], 1)} |\n")
         if base:
             out.write(f"| baseline (aiokafka getmany + orjson + produce + commit, at-least-once) | "
                       f"{fmt(base['events_per_s'])} | 1.00 | - | - | - | - | - |\n")
+    if result.get("runs"):
+        out.write("\n| run | guarantee | commit (s) | ready after (s) | bulk (s) | events/s | agent batches / mean "
+                  "records / apply+evaluate (s) | live backlog (s) | p99 (ms) | first/tick p99 (ms) | peak RSS "
+                  "(MiB) | load 1m during |\n|---|---|---:|---:|---:|---:|---|---:|---:|---:|---:|---|\n")
+        for r in result["runs"]:
+            L = r.get("latency") or {}
+            bm = r.get("bulk_worker_metrics") or {}
+            load = r.get("loadavg_1m_during") or []
+            out.write(f"| {r['name']} | {r['guarantee']} | {r['commit_interval_s']} | {fmt(r.get('startup_s'), 1)} | "
+                      f"{fmt(r.get('throughput_s'), 1)} | {fmt(r.get('events_per_s'))} | {fmt(bm.get('batches'))} / "
+                      f"{fmt(bm.get('mean_batch_records'), 1)} / {fmt(bm.get('apply_evaluate_s'), 1)} | "
+                      f"{fmt(r.get('live_backlog_s'), 1)} | {fmt(L.get('all_events', {}).get('p99_ms'), 1)} | "
+                      f"{fmt(L.get('first_event_per_tick', {}).get('p99_ms'), 1)} | {fmt(r.get('peak_rss_mib'))} | "
+                      f"{min(load) if load else '-'}–{max(load) if load else '-'} |\n")
+        for b in result.get("baseline") or []:
+            out.write(f"| baseline | at_least_once | - | - | {b['seconds']} | {fmt(b['events_per_s'])} | - | - | - | - "
+                      f"| - | - |\n")
     if s.get("tradeoff"):
         out.write("\n| commit interval (s) | exactly-once input events/s | p50 (ms) | p99 (ms) | max (ms) | "
                   "first/tick p99 (ms) | peak RSS (MiB) |\n|---:|---:|---:|---:|---:|---:|---:|\n")
@@ -166,7 +183,7 @@ def main(argv=None) -> int:
                     by_g[g].append(r)
                     result["runs"].append(r)
                     if not args.no_baseline and g == guarantees[0]:
-                        b = baseline_run(args, r["prefix"], r["bulk_start_offsets"], len(w.bulk))
+                        b = baseline_run(args, r["prefix"], r["bulk_start_offsets"], r["bulk_end_offsets"], len(w.bulk))
                         result["baseline"].append(b)
                     if not args.keep_topics:
                         delete_topics(args, r["prefix"])
@@ -185,6 +202,7 @@ def main(argv=None) -> int:
         result["finished"] = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
         for r in result["runs"]:
             r.pop("bulk_start_offsets", None)
+            r.pop("bulk_end_offsets", None)
         text = orjson.dumps(result, option=orjson.OPT_INDENT_2).decode()
         if args.json:
             Path(args.json).write_text(text + "\n")

@@ -1,12 +1,14 @@
 """The baseline: the least a consume-transform-produce pipeline must do.
 
-    python -m bench.pipeline.baseline --bootstrap HOST:PORT --group G --out TOPIC --expect N TOPIC...
+    python -m bench.pipeline.baseline --bootstrap HOST:PORT --group G --out TOPIC --expect N
+                                      [--stop '{"topic:partition": offset, ...}'] TOPIC...
 
 A plain aiokafka loop in its own process: subscribe to the input topics (group ``G``,
 starting from its committed offsets), ``getmany``, decode every value with orjson,
 produce one small output per input to ``TOPIC`` (same partition number as the input),
 wait for the batch's acks, commit (at-least-once). Stops once ``N`` inputs were
-consumed, produced and committed; prints one JSON line: events, seconds (from the
+consumed, produced and committed (with ``--stop``, only records before those offsets
+count and are transformed: the same records as the pipeline's bulk); prints one JSON line: events, seconds (from the
 assignment to the last commit), events/s.
 """
 from __future__ import annotations
@@ -19,7 +21,8 @@ import time
 import orjson
 
 
-async def run(bootstrap: str, group: str, topics: list[str], out: str, expect: int, timeout_s: float) -> dict:
+async def run(bootstrap: str, group: str, topics: list[str], out: str, expect: int, timeout_s: float,
+              stop: dict[str, int] | None = None) -> dict:
     from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 
     consumer = AIOKafkaConsumer(
@@ -47,6 +50,9 @@ async def run(bootstrap: str, group: str, topics: list[str], out: str, expect: i
                 continue
             futs = []
             for tp, records in batches.items():
+                if stop is not None:
+                    end = stop.get(f"{tp.topic}:{tp.partition}", 0)
+                    records = [r for r in records if r.offset < end]
                 for rec in records:
                     try:
                         value = orjson.loads(rec.value)
@@ -73,9 +79,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out", required=True)
     p.add_argument("--expect", type=int, required=True)
     p.add_argument("--timeout", type=float, default=3600.0)
+    p.add_argument("--stop", default=None, help="JSON {topic:partition: offset}: consume only records before these")
     p.add_argument("topics", nargs="+")
     a = p.parse_args(argv)
-    result = asyncio.run(run(a.bootstrap, a.group, a.topics, a.out, a.expect, a.timeout))
+    stop = orjson.loads(a.stop) if a.stop else None
+    result = asyncio.run(run(a.bootstrap, a.group, a.topics, a.out, a.expect, a.timeout, stop))
     sys.stdout.write(orjson.dumps(result).decode() + "\n")
     return 0
 

@@ -56,6 +56,19 @@ class Probe:
             behind += e - (meta.offset if meta is not None and meta.offset >= 0 else 0)
         return sum(end.values()), behind
 
+    async def wait_leaders(self, topics: list[str], timeout_s: float = 30.0) -> None:
+        """Until every partition of ``topics`` has a leader (fresh topics: avoids produce retries)."""
+        deadline = time.monotonic() + timeout_s
+        while True:
+            await self.consumer._client.force_metadata_update()
+            cluster = self.consumer._client.cluster
+            missing = [t for t in topics if not cluster.partitions_for_topic(t)
+                       or any(cluster.leader_for_partition(TopicPartition(t, p)) in (None, -1)
+                              for p in cluster.partitions_for_topic(t))]
+            if not missing or time.monotonic() > deadline:
+                return
+            await asyncio.sleep(0.2)
+
     async def delete_prefix(self, prefix: str) -> list[str]:
         names = [t for t in await self.admin.list_topics() if t.startswith(prefix)]
         if names:

@@ -129,6 +129,8 @@ def summarize(records: list[tuple[float, str, bytes]], sent: dict[str, float], a
     """Latencies (ms) of every caused event and of the first event per tick."""
     per_event: list[float] = []
     per_event_ack: list[float] = []
+    decided: list[float] = []  # tick sent -> the worker's decided_at (wall ms in the output)
+    delivery: list[float] = []  # decided_at -> consumed (produce, transaction commit, fetch)
     first: dict[str, float] = {}
     by_topic: dict[str, int] = {}
     liq_entries = 0
@@ -148,10 +150,16 @@ def summarize(records: list[tuple[float, str, bytes]], sent: dict[str, float], a
         per_event.append(lat)
         if cid in acked:
             per_event_ack.append((arrival - acked[cid]) * 1000)
+        d = v.get("decided_at")
+        if isinstance(d, (int, float)):
+            decided.append(d - sent[cid] * 1000)
+            delivery.append(arrival * 1000 - d)
         if cid not in first or lat < first[cid]:
             first[cid] = lat
     per_event.sort()
     per_event_ack.sort()
+    decided.sort()
+    delivery.sort()
     firsts = sorted(first.values())
 
     def stats(xs: list[float]) -> dict:
@@ -163,6 +171,7 @@ def summarize(records: list[tuple[float, str, bytes]], sent: dict[str, float], a
         "liquidation_entries": liq_entries, "unmatched_events": other,
         "all_events": stats(per_event), "first_event_per_tick": stats(firsts),
         "all_events_from_ack": stats(per_event_ack),
+        "sent_to_decided_at": stats(decided), "decided_at_to_consumed": stats(delivery),
     }
 
 

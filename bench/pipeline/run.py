@@ -129,6 +129,7 @@ def pipeline_run(args, w: Workload, guarantee: str, commit_interval: float, name
     parts = args.partitions
     res: dict = {"name": name, "prefix": prefix, "guarantee": guarantee, "commit_interval_s": commit_interval}
     asyncio.run(ensure_topics(settings))
+    asyncio.run(_wait_leaders(args.bootstrap, [prefix + t for t in INPUTS]))
     res["produce_setup_s"] = round(asyncio.run(produce(args.bootstrap, prefix, w.setup, parts)), 2)
     expected = sequenced_count(w.setup, parts)
 
@@ -142,6 +143,8 @@ def pipeline_run(args, w: Workload, guarantee: str, commit_interval: float, name
     res["bulk_start_offsets"] = {f"{tp.topic}:{tp.partition}": o for tp, o in
                                  asyncio.run(_end_offsets(args.bootstrap, prefix)).items()}
     t = asyncio.run(produce(args.bootstrap, prefix, w.bulk, parts))
+    res["bulk_end_offsets"] = {f"{tp.topic}:{tp.partition}": o for tp, o in
+                               asyncio.run(_end_offsets(args.bootstrap, prefix)).items()}
     res["produce_bulk_s"] = round(t, 2)
     res["produce_bulk_events_per_s"] = round(len(w.bulk) / t)
     expected += sequenced_count(w.bulk, parts)
@@ -158,11 +161,13 @@ def pipeline_run(args, w: Workload, guarantee: str, commit_interval: float, name
         res["handled_at_ready"] = int(metric_sum(m0, "marginwatch_input_messages_total"))
         res["forwarded_at_ready"] = int(metric_sum(m0, "marginwatch_sequencer_forwarded_total"))
         last = [time.perf_counter()]
+        res["loadavg_1m_during"] = loads = [round(os.getloadavg()[0], 2)]
 
         def tick(size, behind):
             now = time.perf_counter()
             if now - last[0] >= 10:
                 last[0] = now
+                loads.append(round(os.getloadavg()[0], 2))
                 m = w1.metrics()
                 log(f"{name}: {now - t_ready:6.1f}s sequenced {size:,}, not committed {behind:,}, handled "
                     f"{int(metric_sum(m, 'marginwatch_input_messages_total')):,} (sequenced records)")
@@ -233,12 +238,18 @@ def _agent_metrics(before: dict, after: dict) -> dict:
             "apply_evaluate_s": round(d("marginwatch_evaluation_duration_seconds_sum"), 2)}
 
 
+async def _wait_leaders(bootstrap: str, topics: list[str]) -> None:
+    async with Probe(bootstrap) as probe:
+        await probe.wait_leaders(topics)
+        await asyncio.sleep(0.5)
+
+
 async def _wait(args, group, topic, expected, worker, tick=None) -> float:
     async with Probe(args.bootstrap) as probe:
         return await wait_processed(probe, group, topic, expected, args.timeout, worker.alive, tick)
 
 
-def baseline_run(args, prefix: str, start_offsets: dict[str, int], expect: int) -> dict:
+def baseline_run(args, prefix: str, start_offsets: dict[str, int], end_offsets: dict[str, int], expect: int) -> dict:
     """The plain aiokafka loop (own process, own group) over the same bulk records."""
     from aiokafka import TopicPartition
     from aiokafka.admin import AIOKafkaAdminClient, NewTopic
@@ -260,8 +271,12 @@ def baseline_run(args, prefix: str, start_offsets: dict[str, int], expect: int) 
         await commit_group(args.bootstrap, group, offsets)
 
     asyncio.run(prepare())
+    in_range = sum(end_offsets[k] - start_offsets.get(k, 0) for k in end_offsets)
+    if in_range != expect:
+        raise RuntimeError(f"the bulk's offsets span {in_range} records, expected {expect}")
     cmd = [sys.executable, "-m", "bench.pipeline.baseline", "--bootstrap", args.bootstrap, "--group", group,
-           "--out", out, "--expect", str(expect), "--timeout", str(args.timeout)] + [prefix + t for t in INPUTS]
+           "--out", out, "--expect", str(expect), "--timeout", str(args.timeout),
+           "--stop", orjson.dumps(end_offsets).decode()] + [prefix + t for t in INPUTS]
     proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=args.timeout + 120)
     if proc.returncode != 0:
         raise RuntimeError(f"baseline failed ({proc.returncode}):\n{proc.stderr[-3000:]}")
