@@ -111,7 +111,7 @@ def print_tables(result: dict) -> None:
     if result.get("runs"):
         out.write("\n| run | guarantee | commit (s) | ready after (s) | bulk (s) | events/s | agent batches / mean "
                   "records / apply+evaluate (s) | live backlog (s) | p99 (ms) | first/tick p99 (ms) | peak RSS "
-                  "(MiB) | load 1m during |\n|---|---|---:|---:|---:|---:|---|---:|---:|---:|---:|---|\n")
+                  "(MiB) | load 1m during | worker code |\n|---|---|---:|---:|---:|---:|---|---:|---:|---:|---:|---|---|\n")
         for r in result["runs"]:
             L = r.get("latency") or {}
             bm = r.get("bulk_worker_metrics") or {}
@@ -121,10 +121,10 @@ def print_tables(result: dict) -> None:
                       f"{fmt(bm.get('mean_batch_records'), 1)} / {fmt(bm.get('apply_evaluate_s'), 1)} | "
                       f"{fmt(r.get('live_backlog_s'), 1)} | {fmt(L.get('all_events', {}).get('p99_ms'), 1)} | "
                       f"{fmt(L.get('first_event_per_tick', {}).get('p99_ms'), 1)} | {fmt(r.get('peak_rss_mib'))} | "
-                      f"{min(load) if load else '-'}–{max(load) if load else '-'} |\n")
+                      f"{min(load) if load else '-'}–{max(load) if load else '-'} | {_code(r)} |\n")
         for b in result.get("baseline") or []:
             out.write(f"| baseline | at_least_once | - | - | {b['seconds']} | {fmt(b['events_per_s'])} | - | - | - | - "
-                      f"| - | - |\n")
+                      f"| - | - | - |\n")
     if s.get("tradeoff"):
         out.write("\n| commit interval (s) | exactly-once input events/s | p50 (ms) | p99 (ms) | max (ms) | "
                   "first/tick p99 (ms) | peak RSS (MiB) |\n|---:|---:|---:|---:|---:|---:|---:|\n")
@@ -133,6 +133,11 @@ def print_tables(result: dict) -> None:
                       f"{fmt(r['p99_ms'], 1)} | {fmt(r['max_ms'], 1)} | {fmt(r['first_p99_ms'], 1)} | "
                       f"{fmt(r['peak_rss_mib'])} |\n")
     out.write("\n")
+
+
+def _code(r: dict) -> str:
+    c = r.get("worker_code") or {}
+    return (c.get("head") or "-") + (" + uncommitted streams/" if c.get("streams_dirty") else "")
 
 
 def main(argv=None) -> int:

@@ -150,7 +150,8 @@ def pipeline_run(args, w: Workload, guarantee: str, commit_interval: float, name
     expected += sequenced_count(w.bulk, parts)
     log(f"{name}: produced {len(w.setup):,} setup + {len(w.bulk):,} bulk records ({res['produce_bulk_events_per_s']:,}/s)")
 
-    # --- stage B: the measured worker
+    # --- stage B: the measured worker (it runs the working tree as it is now: note the commit)
+    res["worker_code"] = code_version()
     w1 = Worker(env, outdir, name)
     t_spawn = time.perf_counter()
     w1.start()
@@ -295,6 +296,17 @@ def delete_topics(args, prefix: str) -> None:
         log(f"deleted {len(names)} topics {prefix}*")
     except Exception as exc:  # never fail a finished run over clean-up
         log(f"could not delete topics {prefix}*: {exc!r}")
+
+
+def code_version() -> dict:
+    """HEAD and whether streams/ has uncommitted changes (others edit the worker concurrently)."""
+    def git(*a):
+        try:
+            return subprocess.run(["git", *a], cwd=REPO, capture_output=True, text=True, timeout=10).stdout.strip()
+        except (OSError, subprocess.SubprocessError):
+            return ""
+
+    return {"head": git("rev-parse", "--short", "HEAD"), "streams_dirty": bool(git("status", "--porcelain", "streams"))}
 
 
 def new_run_id() -> str:
