@@ -595,10 +595,12 @@ class BookStress:
                 equity += net
             else:
                 equity += np.where(net > 0, net * (p * (1.0 - h)), net * p)
-            g *= p
+            if p != 1.0:
+                g *= p
+                if m is not None:
+                    m *= p
             gross += g
             if m is not None:
-                m *= p
                 mm += m
                 gross += m
         state, near = _decide(idx, equity, mm, gross, cross_prev)
