@@ -392,7 +392,10 @@ def test_broker_restart_under_load_outputs_equal_replay(dedicated_broker, unique
     broker = dedicated_broker
     envelopes = market(seed=37)
     split = len(envelopes) * 3 // 5
-    env = worker_env(broker.bootstrap, unique_prefix, PARTITIONS, MW_STALL_TIMEOUT_S="10")
+    # 10 s: shorter than the outage, so the watchdog path (exit 4, supervised restart) is taken;
+    # MW_FAULT_STALL_TIMEOUT_S=60 gives faust the chance to get going again by itself
+    stall = os.environ.get("MW_FAULT_STALL_TIMEOUT_S", "10")
+    env = worker_env(broker.bootstrap, unique_prefix, PARTITIONS, MW_STALL_TIMEOUT_S=stall)
     worker = WorkerProcess(env, tmp_path, "w", supervised=True).start()
     progress = Progress(broker.bootstrap, env, envelopes)
     t0 = time.time()
@@ -416,7 +419,7 @@ def test_broker_restart_under_load_outputs_equal_replay(dedicated_broker, unique
         worker.stop()
     elapsed = time.time() - t0
     counts = verify_against_replay(broker.bootstrap, env)
-    report("broker", counts, supervised_restarts=worker.restarts, exit_codes=worker.exit_codes,
+    report("broker", counts, stall_timeout_s=stall, supervised_restarts=worker.restarts, exit_codes=worker.exit_codes,
            inputs=len(envelopes), seconds=round(elapsed))
     assert counts["duplicates"] == 0
 
