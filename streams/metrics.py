@@ -76,7 +76,7 @@ CONTENT_TYPE = CONTENT_TYPE_LATEST
 INPUT_TOPICS: tuple[str, ...] = ("fills", "mark-prices", "collateral", "account-snapshots", "risk-params")
 OUTPUT_TOPICS: tuple[str, ...] = ("margin-status", "margin-calls", "liquidations", "dead-letters")
 DECISION_OUTPUTS: tuple[str, ...] = ("margin-status", "margin-calls", "liquidations")
-OUTCOMES: tuple[str, ...] = ("applied", "duplicate", "stale", "dead_letter")
+OUTCOMES: tuple[str, ...] = ("applied", "duplicate", "stale", "dead_letter", "conflated")
 STATES: tuple[str, ...] = ("healthy", "margin_call", "liquidation")
 #: ``topic`` label of the margin agent's consumer lag (the internal sequenced log)
 SEQUENCED_LAG_TOPIC = "sequenced"
@@ -216,7 +216,8 @@ class Metrics:
     def observe_input(self, topic: str, outcome: str, error: str | None = None) -> None:
         """Count one input message at ingress.
 
-        ``outcome`` is applied|duplicate|stale|dead_letter; a dead-letter needs
+        ``outcome`` is applied|duplicate|stale|dead_letter|conflated (a tick superseded
+        within its batch, ``MW_CONFLATE_TICKS``); a dead-letter needs
         ``error``, one of the contract's codes (:data:`ERROR_CODES`), and is also
         counted in ``marginwatch_dead_letters_total``. Every handled input counts
         as worker progress. Raises ``ValueError`` on an unknown outcome or code.

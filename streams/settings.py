@@ -35,7 +35,7 @@ SETTINGS_DOC: dict[str, tuple[str, str]] = {
     "status_ratio_step": ("0.01", "Emit a margin-status when the ratio moved at least this much."),
     "valuation_currency": ("USDT", "Currency of account equity; has price 1."),
     "risk_params_file": (str(DEFAULT_RISK_PARAMS), "JSON-lines file of risk-params seeded at start-up."),
-    "conflate_ticks": ("false", "Conflate mark ticks of one symbol within a batch (off: every tick is evaluated)."),
+    "conflate_ticks": ("false", "Skip a mark tick when the next record of its partition in the same batch is a newer tick of the same symbol (counted as outcome `conflated`; its own outputs are not emitted, so outputs differ from replay). Off: every tick is evaluated."),
     "batch_size": ("1000", "Max events taken from the stream at once (applied one at a time, in order)."),
     "batch_timeout_s": ("0.005", "Max wait to fill a batch, seconds."),
     "commit_interval_s": ("0.1", "Offset/transaction commit interval, seconds."),

@@ -32,7 +32,7 @@ from ..metrics import SEQUENCED_LAG_TOPIC, STATES
 from ..pipeline import DEAD_LETTERS, PartitionProcessor, new_engine, load_seed
 from ..replay import stamp
 from ..topics import SOURCE_HEADER
-from .batching import take_batches
+from .batching import superseded_ticks, take_batches
 from .sender import BatchSender
 from .ordering import ACCEPT, EXIT_OUT_OF_ORDER, OUT_OF_ORDER, OffsetGuard, committed_offset
 
@@ -112,6 +112,12 @@ async def build_processor(mapp, partition: int) -> PartitionProcessor:
     log.info("partition %d: rebuilt %d accounts, %d ids in %.3fs", partition, len(accounts), len(seen),
              time.perf_counter() - t0)
     return PartitionProcessor(engine, partition)
+
+
+def source_topic(msg) -> str:
+    """The input topic a sequenced record came from (the sequencer's header)."""
+    headers = dict(msg.headers or ())
+    return (headers.get(SOURCE_HEADER) or b"").decode() or "unknown"
 
 
 def changed_records(mapp, partition: int, proc: PartitionProcessor, state: dict) -> list:
@@ -477,7 +483,9 @@ def attach_margin_agent(mapp) -> None:
             async with barrier:
                 t0 = time.perf_counter()
                 touched: dict[int, PartitionProcessor] = {}
-                for event in events:
+                skip = superseded_ticks([(e.message.partition, source_topic(e.message), e.message.key, e.message.value)
+                                         for e in events]) if settings.conflate_ticks else ()
+                for n, event in enumerate(events):
                     msg = event.message
                     p = msg.partition
                     proc = touched.get(p) or await processor(p)
@@ -496,8 +504,11 @@ def attach_margin_agent(mapp) -> None:
                             os._exit(EXIT_OUT_OF_ORDER)
                         continue
                     guard.advance(p, msg.offset)
-                    headers = dict(msg.headers or ())
-                    topic = (headers.get(SOURCE_HEADER) or b"").decode() or "unknown"
+                    topic = source_topic(msg)
+                    if n in skip:
+                        metrics.observe_input(topic, "conflated")
+                        mapp.last_offsets[p] = msg.offset
+                        continue
                     result = proc.process(topic, msg.key, msg.value, msg.offset)
                     metrics.observe_input(topic, result.outcome, result.error)
                     if result.event_ts is not None:

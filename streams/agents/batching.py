@@ -73,3 +73,48 @@ async def take_batches(stream, max_: int, within: float) -> AsyncIterator[list]:
     finally:
         stream.enable_acks = saved_acks
         stream._processors.remove(add_to_buffer)
+
+
+def superseded_ticks(items: list[tuple[int, str, bytes | None, bytes]]) -> set[int]:
+    """Indexes of mark ticks a later tick of the same batch supersedes (``MW_CONFLATE_TICKS``).
+
+    ``items``: ``(partition, source topic, key, value)`` of a batch, in order. A tick
+    is superseded when the next record *of its partition* is a tick of the same
+    symbol that is newer by the contract's staleness rule (seq when both have one,
+    else ts) and both decode: nothing else happened to that partition in between,
+    so applying the newer tick alone leaves the same marks; only the superseded
+    tick's own outputs are not emitted. A tick that does not decode is never
+    skipped (it is dead-lettered as usual).
+    """
+    from .. import codec
+    from ..margin.errors import InputRejected
+    from ..margin.events import MarkTick
+
+    def tick(i: int):
+        _, topic, key, value = items[i]
+        if topic != "mark-prices":
+            return None
+        try:
+            event = codec.decode(topic, key, value)
+        except InputRejected:
+            return None
+        return event if isinstance(event, MarkTick) else None
+
+    last_of: dict[int, int] = {}  # partition -> index of its previous record
+    skip: set[int] = set()
+    decoded: dict[int, object] = {}
+    for i, (p, topic, _, _) in enumerate(items):
+        j = last_of.get(p)
+        last_of[p] = i
+        if j is None or topic != "mark-prices" or items[j][1] != "mark-prices":
+            continue
+        older = decoded[j] if j in decoded else decoded.setdefault(j, tick(j))
+        newer = decoded.setdefault(i, tick(i))
+        if older is None or newer is None or older.symbol != newer.symbol:
+            continue
+        if older.seq is not None and newer.seq is not None:
+            if newer.seq > older.seq:
+                skip.add(j)
+        elif newer.ts > older.ts:
+            skip.add(j)
+    return skip
