@@ -45,6 +45,7 @@ Results of several books (partitions, workers) merge with :meth:`StressResult.me
 from __future__ import annotations
 
 import math
+from itertools import compress
 from dataclasses import dataclass, field
 from decimal import Decimal, InvalidOperation
 
@@ -333,14 +334,24 @@ def _decide(idx, equity, mm, gross, prev):
 
 
 class _Sym:
-    """Per-symbol constants of a book (computed once per :class:`BookStress`)."""
+    """Per-symbol constants of a book (computed once per :class:`BookStress`).
 
-    __slots__ = ("col", "n", "rows_x", "iso_slots", "iso_rows", "qc", "qce", "aq", "aqe", "sign", "buf", "iso")
+    The cross positions are also laid out by row (``dense``): a column holds at most one slot
+    per row, so the per-row sum of a cross quantity is the slot's own value and the row's
+    uPnL and MM at a mark are computed on row-aligned arrays (q·c, q·c·e, |q|·c and the tier
+    cache's mmr/amount; 0 for rows without a position) with the same float operations as the
+    slots' — no scatter (``bincount``) per scenario. The isolated slots get their own gathered
+    copies, and the tier-cache test (``t_lo < N < t_hi``) runs only on the slots whose cache
+    bounds lie within a band of marks around the scenario's (``_cand``)."""
+
+    __slots__ = ("col", "n", "n_rows", "rows_x", "iso_slots", "iso_rows", "qc", "qce", "aq", "aqe", "sign",
+                 "iso", "dense", "isod", "iso_pos", "cand")
 
     def __init__(self, col, n_rows: int) -> None:
         n = col.n
         self.col = col
         self.n = n
+        self.n_rows = n_rows
         iso = col.iso[:n]
         rows = col.rows[:n]
         self.rows_x = np.where(iso, n_rows, rows)  # isolated slots sum into a spare row
@@ -353,46 +364,128 @@ class _Sym:
         self.aq = np.abs(self.qc)
         self.aqe = self.aq * e
         self.sign = np.sign(q)
-        self.buf = None
         self.iso = None
+        self.dense = None
+        self.isod = None
+        self.iso_pos = None
+        self.cand = None
+
+    def _dense(self):
+        """Row-aligned q·c, q·c·e, |q|·c, mmr, amount, |q|·c·e of the cross slots."""
+        if self.dense is None:
+            col, n = self.col, self.n
+            xs = np.flatnonzero(self.rows_x < self.n_rows)
+            rows = self.rows_x[xs]
+            out = []
+            for a in (self.qc, self.qce, self.aq, col.t_mmr[:n], col.t_amt[:n], self.aqe):
+                d = np.zeros(self.n_rows, a.dtype)
+                d[rows] = a[xs]
+                out.append(d)
+            self.dense = tuple(out)
+            sl = self.iso_slots
+            self.isod = (self.qc[sl], self.qce[sl], self.aq[sl], col.t_mmr[:n][sl], col.t_amt[:n][sl], self.aqe[sl])
+            pos = np.full(n, -1, np.int64)
+            pos[sl] = np.arange(len(sl))
+            self.iso_pos = pos
+        return self.dense
+
+    def _cand(self, x: float, xb: float):
+        """Slots whose tier cache can fail at ``x`` (a superset: every slot with
+        ``N = |q|c·x <= t_lo`` or ``>= t_hi``), with their |q|c, t_lo, t_hi. Computed for a
+        band [lo, hi] of x (±25 % around x and the book's x) and reused while x stays in it."""
+        c = self.cand
+        if c is not None and c[0] <= x <= c[1]:
+            return c[2]
+        if not (x > 0):
+            return None
+        lo, hi = x / 1.25, x * 1.25
+        if xb > 0:
+            lo, hi = min(lo, xb / 1.25), max(hi, xb * 1.25)
+        if c is not None:
+            lo, hi = min(lo, c[0]), max(hi, c[1])
+        col, n = self.col, self.n
+        aq = self.aq
+        with np.errstate(divide="ignore", invalid="ignore"):
+            xlo = col.t_lo[:n] / aq
+            xhi = col.t_hi[:n] / aq
+        # N <= t_lo at some x >= lo needs t_lo/|q|c >= lo (to rounding); N >= t_hi at some
+        # x <= hi needs t_hi/|q|c <= hi; the negated tests keep NaN (0/0) in
+        m = ~(xlo < lo * (1 - 1e-9))
+        m |= ~(xhi > hi * (1 + 1e-9))
+        m |= aq == 0
+        sl = np.flatnonzero(m)
+        got = (sl, aq[sl], col.t_lo[:n][sl], col.t_hi[:n][sl])
+        self.cand = (lo, hi, got)
+        return got
 
     def values(self, mark: float):
-        """Notional, uPnL, MM and near-tier flags (None: none) at ``mark``, the contract's
-        formulas: linear N = |q|c·m, uPnL = qc·m − qc·e; inverse N = |q|c/m,
-        uPnL = qc·(1/e) − qc/m; MM = N·mmr_k − amount_k for the tier k of N.
+        """The symbol at ``mark``: x (the mark, 1/mark for inverse contracts), the cross rows'
+        uPnL and MM (row-aligned, 0 without a position), the rows with a near-tier cross slot,
+        the isolated slots' uPnL, MM and near-tier flags (None: none). The contract's formulas:
+        linear N = |q|c·m, uPnL = qc·m − qc·e; inverse N = |q|c/m, uPnL = qc·(1/e) − qc/m;
+        MM = N·mmr_k − amount_k for the tier k of N.
 
         The tier comes from the slot's tier cache in the index (``t_lo < N < t_hi``: the tier
         is certain and no bound is within NEAR, see ``SymbolColumn._compute_block``); the
         other slots take the index's full lookup (``SymbolColumn._tiers``: tier, MM and the
         engine's near-tier test). Nothing is written."""
         col = self.col
-        n = self.n
-        if self.buf is None:  # scratch arrays, reused by every evaluation of this BookStress
-            self.buf = (np.empty(n), np.empty(n), np.empty(n), np.empty(n, bool), np.empty(n, bool))
-        upnl, notional, mm, bad, tmp = self.buf
+        qc, qce, aq, mmr, amt, _ = self._dense()
+        iqc, iqce, iaq, immr, iamt, _ = self.isod
+        m0 = col.mark
         if col.inverse:
             x = 1.0 / mark if mark > 0 else 0.0
-            np.multiply(self.qc, x, out=upnl)
-            np.subtract(self.qce, upnl, out=upnl)
+            xb = 1.0 / m0 if m0 > 0 else math.nan
+            u = np.multiply(qc, x)
+            np.subtract(qce, u, out=u)
+            iu = np.multiply(iqc, x)
+            np.subtract(iqce, iu, out=iu)
         else:
             x = mark
-            np.multiply(self.qc, x, out=upnl)
-            upnl -= self.qce
-        np.multiply(self.aq, x, out=notional)
-        np.multiply(notional, col.t_mmr[:n], out=mm)
-        mm -= col.t_amt[:n]
-        np.less_equal(notional, col.t_lo[:n], out=bad)
-        np.greater_equal(notional, col.t_hi[:n], out=tmp)
-        bad |= tmp
-        out = np.flatnonzero(bad)
-        near = None
-        if len(out):
-            _, mm_o, near_o = col._tiers(notional[out])
-            mm[out] = mm_o
-            if near_o.any():
-                near = np.zeros(n, bool)
-                near[out] = near_o
-        return notional, upnl, mm, near
+            xb = m0
+            u = np.multiply(qc, x)
+            u -= qce
+            iu = np.multiply(iqc, x)
+            iu -= iqce
+        mm = np.multiply(aq, x)
+        mm *= mmr
+        mm -= amt
+        imm = np.multiply(iaq, x)
+        imm *= immr
+        imm -= iamt
+        cand = self._cand(x, xb)
+        if cand is None:  # every slot
+            sl, caq, clo, chi = np.arange(self.n), self.aq, col.t_lo[: self.n], col.t_hi[: self.n]
+        else:
+            sl, caq, clo, chi = cand
+        near_rows = None
+        iso_near = None
+        if len(sl):
+            nc = caq * x
+            bad = nc <= clo
+            bad |= nc >= chi
+            hit = np.flatnonzero(bad)
+            if len(hit):
+                out = sl[hit]
+                _, mm_o, near_o = col._tiers(nc[hit])
+                rx = self.rows_x[out]
+                xm = rx < self.n_rows
+                if xm.all():
+                    mm[rx] = mm_o
+                    if near_o.any():
+                        near_rows = rx[near_o]
+                else:
+                    mm[rx[xm]] = mm_o[xm]
+                    ip = self.iso_pos[out[~xm]]
+                    imm[ip] = mm_o[~xm]
+                    nx = near_o[xm]
+                    if nx.any():
+                        near_rows = rx[xm][nx]
+                    ni = near_o[~xm]
+                    if ni.any():
+                        iso_near = np.zeros(len(self.iso_slots), bool)
+                        iso_near[ip[ni]] = True
+        return x, u, mm, near_rows, iu, imm, iso_near
 
     def iso_consts(self):
         """Isolated slots' margin, |margin|, Σ|terms| at the book's mark and current state
@@ -435,9 +528,16 @@ class BookStress:
         else:
             self.has_acct = np.fromiter((a in accounts for a in ids), bool, n) if n else np.zeros(0, bool)
         # sorted id lists without sorting strings per scenario: the rows in id order, once
-        order = sorted(range(n), key=ids.__getitem__)
-        self._order = None if order == list(range(n)) else np.array(order, np.int64)
-        self._ids_sorted = np.array([ids[i] for i in order] if n else [], dtype=object)
+        ids_list = list(ids)
+        if ids_list == sorted(ids_list):  # (rows made in id order: no permutation)
+            self._order = None
+            self._ids_sorted = ids_list
+            self._ids_arr = np.array(ids_list, dtype=object) if n else np.zeros(0, object)
+        else:
+            order = sorted(range(n), key=ids.__getitem__)
+            self._order = np.array(order, np.int64)
+            self._ids_sorted = [ids[i] for i in order]
+            self._ids_arr = np.array(self._ids_sorted, dtype=object)
         self._syms: dict[str, _Sym] = {}
         self._base: dict[str, tuple] = {}
         self._gross: dict[int, np.ndarray] = {}
@@ -454,7 +554,9 @@ class BookStress:
 
     def _ids_where(self, mask: np.ndarray) -> list[str]:
         m = mask if self._order is None else mask[self._order]
-        return self._ids_sorted[m].tolist()
+        if 3 * int(np.count_nonzero(m)) > len(m):  # many: itertools.compress over the mask's bytes
+            return list(compress(self._ids_sorted, m.view(np.uint8).tobytes()))
+        return self._ids_arr[m].tolist()
 
     def _asset_gross(self, a: int) -> np.ndarray:
         """Σ|terms| of every row's cross positions settled in asset ``a``, at the book's marks."""
@@ -518,14 +620,15 @@ class BookStress:
             if a is not None and rec.price_symbol in marks_f:
                 price[a] = marks_f[rec.price_symbol]
         self._apply_closed(closed)
-        vals: dict[str, tuple] = {}  # symbol -> (notional or None, uPnL, MM, near-tier or None)
+        # symbol -> (x or None, cross rows' uPnL, MM, rows with a near-tier cross slot or None,
+        #            isolated slots' uPnL, MM, near-tier flags or None), see _Sym.values
+        vals: dict[str, tuple] = {}
         for sym, col in idx.symbols.items():
             if col.n:
                 if sym in marks_f:
                     vals[sym] = self._sym(sym).values(marks_f[sym])
                 else:
-                    n = col.n
-                    vals[sym] = (None, col.upnl[:n], col.mm[:n], col.near_tier[:n])
+                    vals[sym] = self._unshocked(sym)
         cross_prev = idx.cross_state[: self.n].copy()
         if exact:
             c_eq, c_mm, c_state, iso = self._exact(smarket, cross_prev)
@@ -535,10 +638,42 @@ class BookStress:
         return self._result(marks_d, smarket, vals, price, c_eq, c_mm, c_state, cross_prev, iso, ex,
                             want_liquidated)
 
+    def _unshocked(self, sym: str) -> tuple:
+        """``_Sym.values`` of a symbol at the book's mark: the index's values (cached)."""
+        got = self._base.get(sym)
+        if got is None:
+            s = self._sym(sym)
+            col, n = s.col, s.n
+            hit = np.flatnonzero(col.near_tier[:n])
+            rx = s.rows_x[hit]
+            rx = rx[rx < self.n]
+            sl = s.iso_slots
+            nt = col.near_tier[sl]
+            got = self._base[sym] = (None, self._bincount(s, col.upnl[:n]), self._bincount(s, col.mm[:n]),
+                                     rx if len(rx) else None, col.upnl[sl], col.mm[sl], nt if nt.any() else None)
+        return got
+
+    def _cross_syms(self, a: int) -> list[str]:
+        """The symbols settled in asset ``a`` with cross positions (in the index's order)."""
+        out = []
+        for sym in self.idx.settle_symbols.get(a, ()):
+            col = self.idx.symbols[sym]
+            if col.n and len(self._sym(sym).iso_slots) != col.n:
+                out.append(sym)
+        return out
+
     def _floats(self, vals, marks_f, price, cross_prev, smarket):
         idx = self.idx
         n = self.n
         cfg = self.engine.cfg
+        equity, mm, state, near = self._cross(vals, marks_f, price, cross_prev)
+        near &= ~self._closed_rows
+        return self._floats_rest(vals, marks_f, price, cross_prev, smarket, equity, mm, state, near)
+
+    def _cross(self, vals, marks_f, price, cross_prev):
+        """The cross scopes: equity, MM, float state and near screen of every row."""
+        idx = self.idx
+        n = self.n
         equity = np.zeros(n)
         mm = np.zeros(n)
         gross = np.zeros(n)
@@ -560,31 +695,22 @@ class BookStress:
                 if len(s.iso_slots) == col.n:
                     continue  # no cross position
                 g_terms = self._asset_gross(a)
-                if sym in marks_f:
-                    notional, upnl, mmv, near = vals[sym]
-                    u, mm_s = self._bincount(s, upnl), self._bincount(s, mmv)
+                x, u, mm_s, near = vals[sym][:4]
+                if x is not None:
                     f = s.factor(marks_f[sym])
                     if f is None:  # Σ|q|c·(m + e) (linear) or Σ|q|c·(1/e + 1/m) (inverse)
-                        g += self._bincount(s, notional)
-                        g += self._bincount(s, s.aqe)
+                        d = s._dense()
+                        g += d[2] * x
+                        g += d[5]
                     else:
                         f_max = max(f_max, f)
-                else:
-                    got = self._base.get(sym)
-                    if got is None:
-                        _, upnl, mmv, near = vals[sym]
-                        got = self._base[sym] = (self._bincount(s, upnl), self._bincount(s, mmv))
-                    u, mm_s = got
-                    near = vals[sym][3]
                 net += u
                 if m is None:
-                    m = mm_s.copy()
+                    m = mm_s.copy() if x is None else mm_s  # (a shocked symbol's MM is this evaluation's)
                 else:
                     m += mm_s
                 if near is not None:
-                    hit = np.flatnonzero(near)
-                    if len(hit):
-                        near_rows[s.rows_x[hit]] = True
+                    near_rows[near] = True
             if g_terms is not None:
                 g += g_terms * f_max if f_max != 1.0 else g_terms
             p = float(price[a])
@@ -605,7 +731,11 @@ class BookStress:
                 gross += m
         state, near = _decide(idx, equity, mm, gross, cross_prev)
         near |= near_rows[:n]
-        near &= ~self._closed_rows
+        return equity, mm, state, near
+
+    def _floats_rest(self, vals, marks_f, price, cross_prev, smarket, equity, mm, state, near):
+        idx = self.idx
+        cfg = self.engine.cfg
         ex = 0
         accounts = self.engine.accounts
         for r in np.flatnonzero(near).tolist():
@@ -623,20 +753,20 @@ class BookStress:
             slots = s.iso_slots
             if not len(slots):
                 continue
-            notional, upnl, mmv, nt = vals[sym]
+            x, _, _, _, upnl, mmv, nt = vals[sym][:7]
             margin, abs_margin, gross0, prev = s.iso_consts()
-            eq = upnl[slots]
-            eq += margin
-            m = mmv[slots]
+            eq = upnl + margin
+            m = mmv.copy()
             f = s.factor(marks_f[sym]) if sym in marks_f else 1.0
             if f is None:
-                g = abs_margin + notional[slots] + s.aqe[slots]
+                d = s.isod
+                g = abs_margin + d[2] * x + d[5]
             else:
                 g = gross0 * f if f != 1.0 else gross0.copy()
                 g += abs_margin
             st, near = _decide(idx, eq, m, g, prev)
             if nt is not None:
-                near |= nt[slots]
+                near |= nt
             closed = self._closed_iso.get(sym)
             if closed is not None:
                 near &= ~closed[slots]
@@ -803,15 +933,15 @@ class BookStress:
                 sel = np.concatenate([sel, iso_sel])
             if not len(sel):
                 continue
-            nv = vals[sym][0]
-            if nv is None:  # unshocked: the notional at the book's mark
+            x = vals[sym][0]
+            if x is None:  # unshocked: the notional at the book's mark
                 m = col.mark
                 if math.isnan(m):
                     m = col.lastp[sel]
                 x = (1.0 / m) if col.inverse else m
                 nv_sel = s.aq[sel] * x
             else:
-                nv_sel = nv[sel]
+                nv_sel = s.aq[sel] * x
             p = float(price[col.asset_col])
             if math.isnan(p):
                 continue
