@@ -344,8 +344,8 @@ class _Sym:
     copies, and the tier-cache test (``t_lo < N < t_hi``) runs only on the slots whose cache
     bounds lie within a band of marks around the scenario's (``_cand``)."""
 
-    __slots__ = ("col", "n", "n_rows", "rows_x", "iso_slots", "iso_rows", "qc", "qce", "aq", "aqe", "sign",
-                 "iso", "dense", "isod", "iso_pos", "cand")
+    __slots__ = ("col", "n", "n_rows", "rows_x", "iso_slots", "iso_rows", "aq", "iso", "dense", "isod", "iso_pos",
+                 "cand", "dense_e", "aqe")
 
     def __init__(self, col, n_rows: int) -> None:
         n = col.n
@@ -357,37 +357,45 @@ class _Sym:
         self.rows_x = np.where(iso, n_rows, rows)  # isolated slots sum into a spare row
         self.iso_slots = np.flatnonzero(iso)
         self.iso_rows = rows[self.iso_slots]
-        q = col.qty[:n]
-        e = col.entry[:n]  # 1/entry for inverse contracts
-        self.qc = q * col.c
-        self.qce = self.qc * e
-        self.aq = np.abs(self.qc)
-        self.aqe = self.aq * e
-        self.sign = np.sign(q)
+        self.aq = np.abs(col.qty[:n] * col.c)  # |q|·c of every slot
         self.iso = None
         self.dense = None
         self.isod = None
         self.iso_pos = None
         self.cand = None
+        self.dense_e = None
+        self.aqe = None
 
     def _dense(self):
-        """Row-aligned q·c, q·c·e, |q|·c, mmr, amount, |q|·c·e of the cross slots."""
+        """Row-aligned q·c, q·c·e, |q|·c, mmr and amount of the cross slots (0 for a row
+        without one; the same products as per slot), and the isolated slots' own."""
         if self.dense is None:
-            col, n = self.col, self.n
+            col, n, c = self.col, self.n, self.col.c
             xs = np.flatnonzero(self.rows_x < self.n_rows)
             rows = self.rows_x[xs]
-            out = []
-            for a in (self.qc, self.qce, self.aq, col.t_mmr[:n], col.t_amt[:n], self.aqe):
-                d = np.zeros(self.n_rows, a.dtype)
-                d[rows] = a[xs]
-                out.append(d)
-            self.dense = tuple(out)
+            q, e, mmr, amt = (np.zeros(self.n_rows, a.dtype) for a in (col.qty, col.entry, col.t_mmr, col.t_amt))
+            q[rows] = col.qty[:n][xs]
+            e[rows] = col.entry[:n][xs]  # 1/entry for inverse contracts
+            mmr[rows] = col.t_mmr[:n][xs]
+            amt[rows] = col.t_amt[:n][xs]
+            qc = q * c
+            self.dense = (qc, qc * e, np.abs(qc), mmr, amt)
+            self.dense_e = e
             sl = self.iso_slots
-            self.isod = (self.qc[sl], self.qce[sl], self.aq[sl], col.t_mmr[:n][sl], col.t_amt[:n][sl], self.aqe[sl])
+            iqc = col.qty[:n][sl] * c
+            self.isod = (iqc, iqc * col.entry[:n][sl], np.abs(iqc), col.t_mmr[:n][sl], col.t_amt[:n][sl])
             pos = np.full(n, -1, np.int64)
             pos[sl] = np.arange(len(sl))
             self.iso_pos = pos
         return self.dense
+
+    def aqe_parts(self):
+        """|q|·c·e of the cross rows (row-aligned) and of the isolated slots (the Σ|terms| part
+        of a symbol with no mark yet)."""
+        if self.aqe is None:
+            d = self._dense()
+            self.aqe = (d[2] * self.dense_e, self.isod[2] * self.col.entry[: self.n][self.iso_slots])
+        return self.aqe
 
     def _cand(self, x: float, xb: float):
         """Slots whose tier cache can fail at ``x`` (a superset: every slot with
@@ -430,8 +438,8 @@ class _Sym:
         other slots take the index's full lookup (``SymbolColumn._tiers``: tier, MM and the
         engine's near-tier test). Nothing is written."""
         col = self.col
-        qc, qce, aq, mmr, amt, _ = self._dense()
-        iqc, iqce, iaq, immr, iamt, _ = self.isod
+        qc, qce, aq, mmr, amt = self._dense()
+        iqc, iqce, iaq, immr, iamt = self.isod
         m0 = col.mark
         if col.inverse:
             x = 1.0 / mark if mark > 0 else 0.0
@@ -699,9 +707,8 @@ class BookStress:
                 if x is not None:
                     f = s.factor(marks_f[sym])
                     if f is None:  # Σ|q|c·(m + e) (linear) or Σ|q|c·(1/e + 1/m) (inverse)
-                        d = s._dense()
-                        g += d[2] * x
-                        g += d[5]
+                        g += s._dense()[2] * x
+                        g += s.aqe_parts()[0]
                     else:
                         f_max = max(f_max, f)
                 net += u
@@ -759,8 +766,7 @@ class BookStress:
             m = mmv.copy()
             f = s.factor(marks_f[sym]) if sym in marks_f else 1.0
             if f is None:
-                d = s.isod
-                g = abs_margin + d[2] * x + d[5]
+                g = abs_margin + s.isod[2] * x + s.aqe_parts()[1]
             else:
                 g = gross0 * f if f != 1.0 else gross0.copy()
                 g += abs_margin
@@ -945,7 +951,7 @@ class BookStress:
             p = float(price[col.asset_col])
             if math.isnan(p):
                 continue
-            signed = float(np.dot(s.sign[sel], nv_sel)) * p
+            signed = float(np.dot(np.sign(col.qty[sel]), nv_sel)) * p
             if signed:
                 notional[sym] = notional.get(sym, 0.0) + signed
         pairs.sort()
