@@ -139,14 +139,14 @@ def main(argv=None) -> int:
     g_med, c_med = float(np.median(grid_ms)), float(np.median(casc_ms))
 
     print()
-    print(f"| measure | median | min | CPU median | target |")
-    print(f"|---|---|---|---|---|")
+    print(f"| measure | median | min | CPU median | CPU min | target |")
+    print(f"|---|---|---|---|---|---|")
     print(f"| (g) grid, {len(scenarios)} scenarios × {args.accounts:,} accounts | {g_med:.1f} ms | {min(grid_ms):.1f} ms "
-          f"| {float(np.median(grid_cpu)):.1f} ms | ≤ 250 ms |")
+          f"| {float(np.median(grid_cpu)):.1f} ms | {min(grid_cpu):.1f} ms | ≤ 250 ms |")
     print(f"| (c) cascade, {len(rep['rounds'])} rounds | {c_med:.1f} ms | {min(casc_ms):.1f} ms "
-          f"| {float(np.median(casc_cpu)):.1f} ms | ≤ 1000 ms |")
-    print(f"| (b) exact reference, grid extrapolated from {len(rows):,} accounts | {ref_grid_ms:,.0f} ms | | | |")
-    print(f"| speedup (b)/(g) | {ref_grid_ms / g_med:.0f}× | | | |")
+          f"| {float(np.median(casc_cpu)):.1f} ms | {min(casc_cpu):.1f} ms | ≤ 1000 ms |")
+    print(f"| (b) exact reference, grid extrapolated from {len(rows):,} accounts | {ref_grid_ms:,.0f} ms | | | | |")
+    print(f"| speedup (b)/(g) | {ref_grid_ms / g_med:.0f}× | | | | |")
     print(f"\nstates of the sampled accounts, vectorized vs reference: {mismatches} mismatches")
     print("\ngrid:")
     for p in per_scenario:
@@ -158,9 +158,10 @@ def main(argv=None) -> int:
               f"shortfall {r['shortfall']}")
     out = {"accounts": args.accounts, "positions": info["positions"], "scenarios": len(scenarios),
            "grid_ms_median": round(g_med, 2), "grid_ms_min": round(min(grid_ms), 2),
-           "grid_cpu_ms_median": round(float(np.median(grid_cpu)), 2),
+           "grid_cpu_ms_median": round(float(np.median(grid_cpu)), 2), "grid_cpu_ms_min": round(min(grid_cpu), 2),
            "cascade_rounds": len(rep["rounds"]), "cascade_ms_median": round(c_med, 2),
            "cascade_ms_min": round(min(casc_ms), 2), "cascade_cpu_ms_median": round(float(np.median(casc_cpu)), 2),
+           "cascade_cpu_ms_min": round(min(casc_cpu), 2),
            "reference_grid_ms_extrapolated": round(ref_grid_ms, 1), "speedup": round(ref_grid_ms / g_med, 1),
            "sample": len(rows), "state_mismatches": mismatches, "grid": per_scenario, "cascade": rounds,
            "peak_rss_mb": round(peak_rss_mb(), 1), "machine": machine()}

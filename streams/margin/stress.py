@@ -549,6 +549,7 @@ class BookStress:
         self._syms: dict[str, _Sym] = {}
         self._base: dict[str, tuple] = {}
         self._gross: dict[int, np.ndarray] = {}
+        self._worst_prev = None
         self._closed_src = None
         self._closed_done = 0
         self._closed_rows = np.zeros(n, bool)
@@ -830,9 +831,12 @@ class BookStress:
         np.maximum(short, 0.0, out=short)
         bad = np.negative(c_eq)
         np.maximum(bad, 0.0, out=bad)
+        # the accounts' worst current state is the same for every scenario without masks: once
+        static_prev = all_acct and not any_closed and not self._closed_iso
+        prev_done = static_prev and self._worst_prev is not None
         if all_acct and not any_closed:  # the common case: no masks
             n_open = n
-            worst_prev = cross_prev.astype(np.int8)  # (a copy)
+            worst_prev = self._worst_prev if prev_done else cross_prev.astype(np.int8)  # (a copy)
         else:
             open_rows = self.has_acct & ~self._closed_rows
             n_open = int(open_rows.sum())
@@ -873,7 +877,8 @@ class BookStress:
                 prev = np.where(ok, prev, 0).astype(np.int8)
             # the rows of a column are distinct: a gather/scatter is the maximum.at
             worst[rows] = np.maximum(worst[rows], st)
-            worst_prev[rows] = np.maximum(worst_prev[rows], prev)
+            if not prev_done:
+                worst_prev[rows] = np.maximum(worst_prev[rows], prev)
             liq = st == 2
             n_ok = len(slots) if ok is None else int(ok.sum())
             res.scopes += n_ok
@@ -903,6 +908,8 @@ class BookStress:
                     cand.append({"account_id": ids[int(rows[i])], "scope": sym, "state": STATES[int(st[i])],
                                  "equity": float(eq[i] * p), "maintenance_margin": float(m[i] * p),
                                  "shortfall": float(sh[i]), "bad_debt": float(bd[i])})
+        if static_prev and not prev_done:
+            self._worst_prev = worst_prev  # (read only from here on)
         res.accounts = int(self.has_acct.sum())
         res.liquidation = self._ids_where(worst == 2)
         res.margin_call = self._ids_where(worst == 1)
