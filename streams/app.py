@@ -77,6 +77,11 @@ def create_app(settings: Settings) -> MarginApp:
         # become standbys when it stops producers, and their transactional
         # producers are fenced when the partition comes back (seen on the broker).
         table_standby_replicas=0,
+        # faust's commit-livelock check only sees offsets committed outside a transaction:
+        # under exactly-once it warned "Has not committed ... at all since worker start" for
+        # every partition every second after 5 minutes. The stall watchdog
+        # (MW_STALL_TIMEOUT_S, streams/worker.py) watches commits instead.
+        broker_commit_livelock_soft_timeout=(10 * 365 * 86400.0 if settings.guarantee == "exactly_once" else 300.0),
         logging_config=None,
     )
     _route_outputs_with_their_input(app, settings)
