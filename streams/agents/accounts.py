@@ -139,19 +139,6 @@ def changed_records(mapp, partition: int, proc: PartitionProcessor, state: dict)
     return out
 
 
-async def persist(changes: list, partition: int) -> None:
-    """Write records to the tables' stores and their changelogs, partition ``partition``.
-
-    The changelog records are sent directly (like the outputs) rather than through
-    ``table[key] = value``: faust's table writes go through a buffer that produces
-    one message per event-loop turn, which capped the agent near 120 events/s.
-    Under exactly-once they join the same partition's transaction as the outputs.
-    """
-    for table, key, value in changes:
-        table.data[key] = value
-        await table.changelog_topic.send(key=key, value=value, partition=partition)
-
-
 class CommitBarrier:
     """Mutual exclusion between a batch and faust's offset/transaction commits.
 

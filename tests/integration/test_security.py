@@ -158,6 +158,9 @@ def test_worker_over_scram_tls(secure_broker: SecureBroker, tmp_path: Path, uniq
         print(f"over SCRAM-SHA-512/TLS: {len(statuses)} margin-status for {account}, last equity {last['equity']}")
         # the password is nowhere: pages, metrics (token given or not), the log
         base = f"http://127.0.0.1:{worker.port}"
+        deadline = time.monotonic() + 60  # account queries answer 503 until recovery is over (by design)
+        while _get(base + "/readyz")[0] != 200 and time.monotonic() < deadline:
+            time.sleep(0.5)
         bodies = [_get(base + path)[1] for path in ("/metrics", "/healthz", "/readyz", "/", "/router/",
                                                      f"/accounts/{account}")]
         bodies.append(_get(f"{base}/accounts/{account}", token)[1])

@@ -237,20 +237,13 @@ def test_worker_reads_the_setting_runs_the_task_and_survives_idle_then_input(kaf
 STALLED_WORKER = """
 import asyncio, os, sys, time
 how = os.environ["STALL_HOW"]
-if how == "send":  # an output send that never completes: a wedged producer
-    import streams.app as app_module
-    create_app = app_module.create_app
+if how == "send":  # a batch's sends never complete: a wedged producer
+    from streams.agents.sender import BatchSender
 
-    def patched(settings):
-        mapp = create_app(settings)
+    async def never(self, *args, **kwargs):
+        await asyncio.Event().wait()
 
-        async def never(*args, **kwargs):
-            await asyncio.Event().wait()
-
-        mapp.outputs["margin-status"].send = never
-        return mapp
-
-    app_module.create_app = patched
+    BatchSender.flush = never
 else:  # the agent blocks the event loop (a synchronous call that never returns)
     import streams.pipeline as pipeline
 
