@@ -12,6 +12,7 @@ import faust
 from faust.assignor import PartitionAssignor
 from prometheus_client import CollectorRegistry
 
+from .changelog_store import register as register_changelog_store
 from .metrics import Metrics, create_metrics
 from .pipeline import PartitionProcessor
 from .sequencer import Sequencer
@@ -56,7 +57,7 @@ def create_app(settings: Settings) -> MarginApp:
         settings.app_id,
         broker=settings.broker,
         broker_credentials=_credentials(settings),
-        store=settings.store,
+        store="memory://",  # the tables name theirs (below)
         processing_guarantee=settings.guarantee,
         topic_partitions=settings.partitions,
         topic_replication_factor=settings.replication_factor,
@@ -77,6 +78,14 @@ def create_app(settings: Settings) -> MarginApp:
         # become standbys when it stops producers, and their transactional
         # producers are fenced when the partition comes back (seen on the broker).
         table_standby_replicas=0,
+        # faust compares the changelog offsets its recovery read during an earlier
+        # assignment with the partition's highwater, which under exactly-once is the
+        # last stable offset and right after a rebalance may be unknown (-1): it then
+        # raises ConsistencyError and the worker exits 1 (seen on the broker when a
+        # second worker joined). Only rocksdb:// persists anything the check could
+        # protect; changelog:// reports an offset past every highwater by design.
+        # Engines are rebuilt from the committed changelog, not from faust's store.
+        recovery_consistency_check=settings.store.startswith("rocksdb://"),
         # faust's commit-livelock check only sees offsets committed outside a transaction:
         # under exactly-once it warned "Has not committed ... at all since worker start" for
         # every partition every second after 5 minutes. The stall watchdog
@@ -95,8 +104,10 @@ def create_app(settings: Settings) -> MarginApp:
         for name in OUTPUT_TOPICS
     }
     # bytes keys and values: faust uses the raw codec; records are orjson
-    accounts = app.Table("accounts", key_type=bytes, value_type=bytes, partitions=settings.partitions)
-    seen = app.Table("seen-ids", key_type=bytes, value_type=bytes, partitions=settings.partitions)
+    # the committed changelog is the state: faust's recovery reads nothing (streams/changelog_store.py)
+    store = register_changelog_store() if settings.store.startswith("changelog://") else settings.store
+    accounts = app.Table("accounts", key_type=bytes, value_type=bytes, partitions=settings.partitions, store=store)
+    seen = app.Table("seen-ids", key_type=bytes, value_type=bytes, partitions=settings.partitions, store=store)
     mapp = MarginApp(settings, app, metrics, Sequencer(settings, metrics), sequenced, outputs, accounts, seen)
     from .agents.accounts import attach_margin_agent
     from .web import attach_pages

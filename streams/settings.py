@@ -27,7 +27,8 @@ SETTINGS_DOC: dict[str, tuple[str, str]] = {
     "topic_prefix": ("", "Prefix put before every contract topic name (e.g. `prod.`)."),
     "partitions": ("8", "Partitions of the topics created at start (inputs, sequenced log, outputs)."),
     "replication_factor": ("1", "Replication factor of the topics created at start."),
-    "store": ("memory://", "Table store: `memory://` or `rocksdb://` (rocksdict driver)."),
+    "store": ("changelog://", "Table store: `changelog://` (faust keeps no copy; engines read the committed changelog), "
+                              "or faust's `memory://` / `rocksdb://` (faust also recovers a copy nothing reads)."),
     "guarantee": ("exactly_once", "Processing guarantee of the margin agent: `exactly_once` or `at_least_once`."),
     "call_level": ("0.8", "Margin ratio at or above which a scope is in `margin_call`."),
     "recovery_band": ("0.05", "Hysteresis: a scope leaves `margin_call` below call_level - recovery_band."),
@@ -125,8 +126,8 @@ class Settings:
             raise ConfigError("MW_STATUS_RATIO_STEP must be >= 0", "status_ratio_step")
         if self.partitions < 1:
             raise ConfigError("MW_PARTITIONS must be >= 1", "partitions")
-        if not (self.store.startswith("memory://") or self.store.startswith("rocksdb://")):
-            raise ConfigError(f"MW_STORE must be memory:// or rocksdb://, got {self.store!r}", "store")
+        if not self.store.startswith(("changelog://", "memory://", "rocksdb://")):
+            raise ConfigError(f"MW_STORE must be changelog://, memory:// or rocksdb://, got {self.store!r}", "store")
         self._validate_kafka_security()
 
     def _validate_kafka_security(self) -> None:

@@ -193,15 +193,6 @@ def run_worker(args) -> int:
     asyncio.run(commit_baseline(settings))
     mapp = create_app(settings)
     app = mapp.app
-    if settings.store.startswith("memory"):
-        # faust compares the changelog offsets its recovery read during an earlier
-        # assignment with the partition's highwater, which under exactly-once is the
-        # last stable offset and right after a rebalance may be unknown (-1): it then
-        # raises ConsistencyError and the worker exits 1 (seen on the broker when a
-        # second worker joined). With memory:// nothing is persisted that the check
-        # could protect, and the engines are rebuilt from the committed changelog
-        # (agents.accounts.read_committed_records), not from faust's store.
-        app.conf.recovery_consistency_check = False
 
     @app.task
     async def sequencer():

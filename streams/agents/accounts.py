@@ -2,13 +2,13 @@
 
 Per batch (``stream.take_events``), each record in order: decode + apply
 (:class:`~streams.pipeline.PartitionProcessor`); then write the changed state
-records to the changelog-backed tables, send the outputs to the same partition
+records to the tables' changelogs, send the outputs to the same partition
 number of the output topics (so they join that partition's transaction under
 exactly-once), ack the batch, all without a commit in between.
 
-The in-memory engine of a partition is rebuilt from the tables the first time the
-partition is processed after an assignment (recovery has completed by then: faust
-resumes streams only after it), and dropped when the partition is revoked.
+The in-memory engine of a partition is rebuilt from the committed changelog the
+first time the partition is processed after an assignment, and dropped when the
+partition is revoked. faust's stores hold nothing (``streams.changelog_store``).
 
 :class:`Health` feeds the metrics that are not per event: readiness and table
 recovery (``marginwatch_recovering``, ``..._table_recovery_duration_seconds``),
@@ -167,28 +167,6 @@ class CommitBarrier:
 
     async def __aexit__(self, *exc) -> None:
         self.lock.release()
-
-
-def purge_partition(mapp, partition: int) -> int:
-    """Drop the keys of a partition this worker no longer holds from the memory stores.
-
-    Records are written to the store directly (faust does not know their
-    partition, so it never drops them itself); should the partition come back,
-    faust recovers it from the start of its changelog, and keys left over from
-    before would outlive state the committed changelog no longer has.
-    """
-    prefix = _prefix(partition).encode()
-    dropped = 0
-    for table in (mapp.accounts, mapp.seen):
-        store = table.data
-        data = getattr(store, "data", None)
-        if not isinstance(data, dict):
-            continue
-        for key in [k for k in data if k.startswith(prefix)]:
-            data.pop(key, None)
-            getattr(store, "_key_partition", {}).pop(key, None)
-            dropped += 1
-    return dropped
 
 
 def _keep_explicit_partitions(app, topics: set[str]) -> None:
@@ -515,7 +493,6 @@ def attach_margin_agent(mapp) -> None:
                 changes = [(p, c) for p, proc in touched.items() for c in changed_records(mapp, p, proc, written[p])]
                 metrics.observe_batch(len(events), time.perf_counter() - t0)
                 for p, (table, key, value) in changes:
-                    table.data[key] = value
                     sender.add(changelog_names[table], p, key, value)
                 await sender.flush()
                 for event in events:  # inside the barrier: the batch commits whole
@@ -532,16 +509,9 @@ def attach_margin_agent(mapp) -> None:
                 metrics.forget_partition(tp.partition, SEQUENCED_LAG_TOPIC)
         health.on_revoked()
 
-    held: set[int] = set()
-
     @app.on_partitions_assigned.connect
     async def on_assigned(app_, assigned, **kwargs):  # noqa: ANN001
-        now = {tp.partition for tp in assigned if tp.topic == mapp.sequenced.get_topic_name()}
-        for p in held - now:  # truly lost: the next owner of p has the committed state
-            purge_partition(mapp, p)
-        held.clear()
-        held.update(now)
-        health.on_assigned(now)
+        health.on_assigned({tp.partition for tp in assigned if tp.topic == mapp.sequenced.get_topic_name()})
 
     @app.on_before_shutdown.connect
     async def close_health(app_, **kwargs):  # noqa: ANN001
