@@ -17,7 +17,7 @@ from .metrics import Metrics, create_metrics
 from .pipeline import PartitionProcessor
 from .sequencer import Sequencer
 from .settings import Settings
-from .topics import OUTPUT_TOPICS, kafka_security, sequenced_topic
+from .topics import OUTPUT_TOPICS, end_offsets, kafka_security, sequenced_topic
 
 log = logging.getLogger(__name__)
 
@@ -105,7 +105,7 @@ def create_app(settings: Settings) -> MarginApp:
     }
     # bytes keys and values: faust uses the raw codec; records are orjson
     # the committed changelog is the state: faust's recovery reads nothing (streams/changelog_store.py)
-    store = register_changelog_store() if settings.store.startswith("changelog://") else settings.store
+    store = register_changelog_store(lambda tps: end_offsets(settings, tps)) if settings.store.startswith("changelog://") else settings.store
     accounts = app.Table("accounts", key_type=bytes, value_type=bytes, partitions=settings.partitions, store=store)
     seen = app.Table("seen-ids", key_type=bytes, value_type=bytes, partitions=settings.partitions, store=store)
     mapp = MarginApp(settings, app, metrics, Sequencer(settings, metrics), sequenced, outputs, accounts, seen)

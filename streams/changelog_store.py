@@ -17,45 +17,72 @@ on the last offsets of the changelog partitions (``need offset 541, have
 540`` on every partition; faust's aborted-transaction check did not move it),
 until the stall watchdog's busy limit.
 
-So this store keeps nothing and reports that it already holds every
-changelog partition it is given (``persisted_offset`` = :data:`HELD_TO_END`):
-faust's recovery finds nothing remaining, seeks the paused changelog
-partitions past their end and resumes the streams at once. Requires
-``recovery_consistency_check`` off (``streams.app``) and no standby
-replicas (``streams.app``): a standby would be fetched from that position.
+So this store keeps nothing and reports that it already holds each changelog
+partition it is assigned up to that partition's last offset (its end offset,
+read_uncommitted, minus one; queried when the partitions are assigned): faust's
+recovery finds nothing remaining, positions the changelog partitions at their
+end and resumes the streams at once. (An offset past the end was tried: the
+consumer then fetched the changelog partitions, reset them, and faust's
+livelock check crashed on the position aiokafka had not set yet.) Requires
+``recovery_consistency_check`` off (``streams.app``). Should the end offsets
+not be available, the store reports nothing held and faust recovers the
+partitions the slow way, which is still correct.
 Selected per table with ``store="changelog://committed"`` (:func:`register`).
 """
 from __future__ import annotations
 
-from typing import Any, Callable, Iterable, Optional
+import asyncio
+import logging
+from typing import Any, Awaitable, Callable, Iterable, Mapping, Optional, Set
 
 from faust.stores import STORES, memory
 from faust.types import TP, EventT
 
-#: what the store reports as the offset it holds: beyond any offset a
-#: changelog partition can have, so faust's recovery has nothing to read
-HELD_TO_END = 2**62
+log = logging.getLogger(__name__)
 
 SCHEME = "changelog"
+#: how long a rebalance waits for the end offsets before recovering the slow way
+END_OFFSETS_TIMEOUT_S = 15.0
+
+#: ``await end_offsets(tps)`` -> {tp: end offset}: set by :func:`register`
+EndOffsets = Callable[[list], Awaitable[Mapping[Any, int]]]
+_end_offsets: Optional[EndOffsets] = None
 
 
 class CommittedChangelogStore(memory.Store):
     """A table store that holds no data; the committed changelog is the state.
 
-    ``persisted_offset(tp)`` is :data:`HELD_TO_END` for every partition, so
-    faust's recovery reads nothing; changelog batches and writes are dropped.
+    ``persisted_offset(tp)`` is the last offset of the assigned changelog
+    partition when it was assigned, so faust's recovery reads nothing;
+    changelog batches and writes are dropped.
     """
 
     def __post_init__(self) -> None:
         super().__post_init__()
         self.dropped_writes = 0
+        self.held: dict[TP, int] = {}
+
+    async def on_rebalance(self, assigned: Set[TP], revoked: Set[TP], newly_assigned: Set[TP],
+                           generation_id: int = 0) -> None:
+        """Remember the last offset of each changelog partition of this table now assigned."""
+        topic = self.table.changelog_topic.get_topic_name()
+        tps = sorted(tp for tp in assigned if tp.topic == topic)
+        self.held = {}
+        if not tps or _end_offsets is None:
+            return
+        try:
+            ends = await asyncio.wait_for(_end_offsets(tps), END_OFFSETS_TIMEOUT_S)
+        except Exception as exc:  # recovery the slow way is still correct
+            log.warning("end offsets of %s not available (%r): faust recovers them from the changelog", topic, exc)
+            return
+        self.held = {TP(tp.topic, tp.partition): int(end) - 1 for tp, end in ends.items() if end is not None}
 
     def persisted_offset(self, tp: TP) -> Optional[int]:
-        """Offset of the last changelog record held: all of them, by definition."""
-        return HELD_TO_END
+        """Last changelog offset held: the partition's end when it was assigned (None: unknown)."""
+        return self.held.get(tp)
 
     def set_persisted_offset(self, tp: TP, offset: int) -> None:
-        """Nothing to remember: the position is the changelog's end, always."""
+        """Nothing to remember: the changelog is read by the engines, not kept here."""
 
     def apply_changelog_batch(
         self,
@@ -71,7 +98,13 @@ class CommittedChangelogStore(memory.Store):
         self.dropped_writes += 1
 
 
-def register() -> str:
-    """Make ``changelog://`` a faust store scheme; returns the URL to pass as ``store=``."""
+def register(end_offsets: Optional[EndOffsets] = None) -> str:
+    """Make ``changelog://`` a faust store scheme; returns the URL to pass as ``store=``.
+
+    ``end_offsets(tps)`` returns the end offset of each changelog partition
+    (the next offset to be written); without it every partition is recovered.
+    """
+    global _end_offsets
+    _end_offsets = end_offsets
     STORES.aliases[SCHEME] = f"{__name__}:CommittedChangelogStore"
     return f"{SCHEME}://committed"  # a bare "changelog://" is a falsy URL, which faust ignores

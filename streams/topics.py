@@ -153,3 +153,17 @@ async def ensure_topics(settings: Settings, timeout_s: float = 30.0) -> None:
             log.info("created topics: %s", ", ".join(t.name for t in todo))
     finally:
         await admin.close()
+
+
+async def end_offsets(settings: Settings, tps: list) -> dict:
+    """End offsets (the next offset to be written, read_uncommitted) of ``tps``: {tp: offset}."""
+    from aiokafka import AIOKafkaConsumer, TopicPartition
+
+    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap(settings), enable_auto_commit=False,
+                                **kafka_security(settings))
+    await consumer.start()
+    try:
+        ends = await consumer.end_offsets([TopicPartition(tp.topic, tp.partition) for tp in tps])
+        return {tp: ends[TopicPartition(tp.topic, tp.partition)] for tp in tps}
+    finally:
+        await consumer.stop()

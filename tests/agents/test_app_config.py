@@ -22,27 +22,59 @@ def test_commit_livelock_warning_off_under_exactly_once(guarantee, livelock_s, t
 def test_tables_use_the_changelog_store_so_faust_recovery_reads_nothing(tmp_path):
     # engines rebuild from the committed changelog; faust's recovery of a memory store
     # re-read every record (>600 s for 1.1M) and once hung after a kill -9 under EOS
+    import asyncio
+
     from faust.types import TP
 
-    from streams.changelog_store import HELD_TO_END, CommittedChangelogStore
+    from streams import changelog_store
+    from streams.changelog_store import CommittedChangelogStore
 
     settings = Settings.from_env({"MW_BROKER": "kafka://127.0.0.1:1", "MW_APP_ID": "cfg-store",
                                   "MW_DATA_DIR": str(tmp_path)})
     mapp = create_app(settings)
+    ends = {0: 541, 1: 0, 2: 7, 3: 12}
+    asked = []
+
+    async def fake_end_offsets(tps):  # the broker's answer (streams.topics.end_offsets is used live)
+        asked.append(sorted(tp.partition for tp in tps))
+        return {tp: ends[tp.partition] for tp in tps}
+
+    changelog_store.register(fake_end_offsets)
+    other = TP("cfg-store-sequenced", 0)
     for table in (mapp.accounts, mapp.seen):
         store = table.data
         assert isinstance(store, CommittedChangelogStore), type(store)
-        tp = TP(table.changelog_topic.get_topic_name(), 3)
-        assert table.persisted_offset(tp) == HELD_TO_END
+        topic = table.changelog_topic.get_topic_name()
+        assigned = {TP(topic, p) for p in (0, 1, 3)} | {other}
+        asyncio.run(store.on_rebalance(assigned, set(), assigned))
+        assert table.persisted_offset(TP(topic, 0)) == 540  # last offset = end - 1
+        assert table.persisted_offset(TP(topic, 1)) == -1   # empty partition
+        assert table.persisted_offset(TP(topic, 3)) == 11
+        assert table.persisted_offset(TP(topic, 2)) is None  # not assigned: unknown
         store.apply_changelog_batch([object()], to_key=lambda k: k, to_value=lambda v: v)
         store[b"3\x1fA1"] = b"{}"
         assert dict(store.data) == {} and store.dropped_writes == 1
-    # with the persisted offset past any highwater faust's recovery has nothing remaining
+    assert asked == [[0, 1, 3], [0, 1, 3]]
+    # faust's recovery: nothing remaining when the highwater is the end we reported
     recovery = mapp.app.tables.recovery
     tp = TP(mapp.accounts.changelog_topic.get_topic_name(), 0)
     recovery.add_active(mapp.accounts, tp)
-    recovery.active_highwaters[tp] = 10_000_000
-    assert recovery.active_offsets[tp] == HELD_TO_END
+    recovery.active_highwaters[tp] = 540
+    assert recovery.active_offsets[tp] == 540
     assert not recovery.need_recovery()
-    # faust's consistency check would reject an offset past the highwater
+
+    async def broken(tps):
+        raise ConnectionError("broker down")
+
+    changelog_store.register(broken)  # recovery the slow way: nothing reported as held
+    asyncio.run(mapp.accounts.data.on_rebalance({tp}, set(), {tp}))
+    assert mapp.accounts.persisted_offset(tp) is None
+    assert mapp.app.conf.recovery_consistency_check is False
+
+
+def test_memory_store_still_selectable(tmp_path):
+    settings = Settings.from_env({"MW_BROKER": "kafka://127.0.0.1:1", "MW_APP_ID": "cfg-mem",
+                                  "MW_DATA_DIR": str(tmp_path), "MW_STORE": "memory://"})
+    mapp = create_app(settings)
+    assert type(mapp.accounts.data).__module__ == "faust.stores.memory"
     assert mapp.app.conf.recovery_consistency_check is False
