@@ -186,12 +186,13 @@ def main(argv=None) -> int:
     ap.add_argument("--seed", type=int, default=7)
     ap.add_argument("--bootstrap", default=os.environ.get("MW_BENCH_BOOTSTRAP", "127.0.0.1:9092"))
     ap.add_argument("--conflate", action="store_true", help="MW_CONFLATE_TICKS=true")
+    ap.add_argument("--store", default="changelog://", help="MW_STORE (memory:// = faust recovers its copy first)")
     ap.add_argument("--json")
     args = ap.parse_args(argv)
     prefix = f"ws{uuid.uuid4().hex[:6]}."
     env = worker_env(args.bootstrap, prefix, args.partitions, MW_GUARANTEE=args.guarantee,
                      MW_COMMIT_INTERVAL_S=str(args.commit_interval), MW_LOG_LEVEL="warning",
-                     MW_STALL_TIMEOUT_S="0", MW_CONFLATE_TICKS="true" if args.conflate else "false")
+                     MW_STALL_TIMEOUT_S="0", MW_CONFLATE_TICKS="true" if args.conflate else "false", MW_STORE=args.store)
     settings = Settings.from_env(env)
     load = os.getloadavg()
     t0 = time.perf_counter()
@@ -228,6 +229,7 @@ def main(argv=None) -> int:
     result = {
         "accounts": args.accounts, "positions": info["book"]["positions"], "partitions": args.partitions,
         "guarantee": args.guarantee, "commit_interval_s": args.commit_interval, "conflate_ticks": args.conflate,
+        "store": args.store,
         "inputs": {k: v for k, v in m.items() if k.startswith("marginwatch_input_messages_total") and v},
         "changelog_records": {"accounts": n_acc, "seen_ids": n_seen},
         "build_records_s": round(t_build, 1), "write_changelogs_s": round(t_write, 1),
