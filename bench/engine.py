@@ -57,6 +57,7 @@ import numpy as np  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from bench.probes import cpu_model  # noqa: E402
 from streams.margin import status as status_mod  # noqa: E402
 from streams.margin.book import AccountBook, Position  # noqa: E402
 from streams.margin.engine import AccountState, PartitionEngine  # noqa: E402
@@ -91,15 +92,7 @@ def machine() -> dict:
         nproc = len(os.sched_getaffinity(0))
     except AttributeError:  # pragma: no cover
         nproc = os.cpu_count()
-    cpu = ""
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    return {"nproc": nproc, "loadavg": [round(x, 2) for x in os.getloadavg()], "cpu": cpu,
+    return {"nproc": nproc, "loadavg": [round(x, 2) for x in os.getloadavg()], "cpu": cpu_model(),
             "python": platform.python_version(), "numpy": np.__version__}
 
 

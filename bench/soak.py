@@ -37,25 +37,19 @@ import json
 import math
 import os
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
 import time
-import urllib.request
 import uuid
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+from bench.probes import free_port, scrape_metrics  # noqa: E402
+
 LATENCY = "marginwatch_decision_latency_seconds"
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def log(msg: str) -> None:
@@ -71,23 +65,6 @@ def rss_mib(pid: int) -> float | None:
     except OSError:
         return None
     return None
-
-
-def scrape(port: int) -> dict[str, float]:
-    """name{labels} -> value of the worker's /metrics ({} if unreachable)."""
-    try:
-        body = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read().decode()
-    except OSError:
-        return {}
-    out: dict[str, float] = {}
-    for line in body.splitlines():
-        if line and not line.startswith("#"):
-            name, _, value = line.rpartition(" ")
-            try:
-                out[name] = float(value)
-            except ValueError:
-                pass
-    return out
 
 
 def total(metrics: dict[str, float], prefix: str) -> float:
@@ -227,7 +204,7 @@ def main(argv=None) -> int:
     samples: list[dict] = []
     try:
         deadline = time.time() + 120
-        while not scrape(port):
+        while not scrape_metrics(port):
             if worker.poll() is not None or time.time() > deadline:
                 raise SystemExit(f"soak: worker did not come up (exit {worker.poll()}); see {tmp / 'worker.log'}")
             time.sleep(0.5)
@@ -238,7 +215,7 @@ def main(argv=None) -> int:
              "--no-progress"],
             cwd=REPO, env=env, stdout=sim_log, stderr=subprocess.STDOUT, start_new_session=True)
         t0 = time.time()
-        prev = scrape(port)
+        prev = scrape_metrics(port)
         prev_t = t0
         header = (f"{'min':>5} {'rss MiB':>8} {'seq in/s':>9} {'outputs':>8} {'p50 ms':>8} {'p99 ms':>8} "
                   f"{'lag':>6} {'accounts':>8} {'positions':>9}")
@@ -249,7 +226,7 @@ def main(argv=None) -> int:
             if worker.poll() is not None:
                 raise SystemExit(f"soak: worker exited with {worker.returncode}; see {tmp / 'worker.log'}")
             now = time.time()
-            cur = scrape(port)
+            cur = scrape_metrics(port)
             b_now, b_prev = latency_buckets(cur), latency_buckets(prev)
             delta = {b: b_now.get(b, 0.0) - b_prev.get(b, 0.0) for b in b_now}
             p50, p99 = quantile(0.5, delta), quantile(0.99, delta)

@@ -114,22 +114,13 @@ def fold_log(path: str, settings):
     """The engine after replaying ``path`` as ``marginwatch replay`` does (outputs discarded),
     and the count of lines by outcome."""
     from .pipeline import PartitionProcessor, new_engine
-    from .replay import parse_envelope
+    from .replay import apply_lines, open_log
 
     proc = PartitionProcessor(new_engine(settings), partition=0)
     counts: dict[str, int] = {}
-    stream = sys.stdin.buffer if path == "-" else open(path, "rb")
-    with stream:
-        for offset, line in enumerate(stream):
-            line = line.rstrip(b"\r\n")
-            if not line.strip():
-                continue
-            try:
-                topic, key, value = parse_envelope(line)
-            except InputRejected:
-                counts["dead_letter"] = counts.get("dead_letter", 0) + 1
-                continue
-            outcome = proc.process(topic, key, value, offset).outcome
+    with open_log(path) as stream:
+        for _, _, result in apply_lines(proc, stream):
+            outcome = "dead_letter" if isinstance(result, InputRejected) else result.outcome
             counts[outcome] = counts.get(outcome, 0) + 1
     return proc.engine, counts
 

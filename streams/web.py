@@ -18,30 +18,43 @@ from .topics import account_partition
 log = logging.getLogger(__name__)
 
 
+def authorized(request, token: str | None) -> bool:
+    """Whether ``request`` may query: always when no API token is set, otherwise it must
+    carry ``Authorization: Bearer <token>`` (compared in constant time)."""
+    if not token:
+        return True
+    given = request.headers.get("Authorization", "")
+    return hmac.compare_digest(given.encode(), f"Bearer {token}".encode())
+
+
+def ready(mapp) -> bool:
+    """Whether the worker answers queries: its health tracker's verdict, or, without one,
+    neither recovering tables nor rebalancing."""
+    health = getattr(mapp, "health", None)
+    if health is not None:
+        return health.ready()
+    app = mapp.app
+    return not (getattr(app, "in_recovery", False) or app.rebalancing)
+
+
+def held_partitions(mapp) -> set[int]:
+    """Partitions of the sequenced topic assigned to this worker."""
+    topic = mapp.sequenced.get_topic_name()
+    return {tp.partition for tp in mapp.app.consumer.assignment() if tp.topic == topic}
+
+
 def attach_pages(mapp) -> None:
+    """Add the account query, health, readiness and metrics pages (module docstring)."""
     app = mapp.app
     token = mapp.settings.api_token
 
-    def authorized(request) -> bool:
-        if not token:
-            return True
-        given = request.headers.get("Authorization", "")
-        return hmac.compare_digest(given.encode(), f"Bearer {token}".encode())
-
-    def ready() -> bool:
-        health = getattr(mapp, "health", None)
-        if health is not None:
-            return health.ready()
-        return not (getattr(app, "in_recovery", False) or app.rebalancing)
-
     async def local_status(web, request, account_id: str):
-        if not authorized(request):
+        if not authorized(request, token):
             return web.json({"error": "unauthorized"}, status=401)
         p = account_partition(account_id.encode(), mapp.settings.partitions)
         proc = mapp.processors.get(p)
         if proc is None:
-            if p not in {tp.partition for tp in app.consumer.assignment()
-                         if tp.topic == mapp.sequenced.get_topic_name()}:
+            if p not in held_partitions(mapp):
                 return web.json({"error": "partition not held here", "partition": p}, status=503)
             from .agents.accounts import build_processor
 
@@ -59,9 +72,9 @@ def attach_pages(mapp) -> None:
 
     @app.page("/accounts/{account_id}")
     async def account_status(web, request, account_id: str):
-        if not authorized(request):
+        if not authorized(request, token):
             return web.json({"error": "unauthorized"}, status=401)
-        if not ready():
+        if not ready(mapp):
             return web.json({"error": "not ready: tables recovering or rebalancing"}, status=503)
         try:
             return await routed(web, request, account_id=account_id)
@@ -75,7 +88,7 @@ def attach_pages(mapp) -> None:
 
     @app.page("/readyz")
     async def readyz(web, request):
-        ok = ready()
+        ok = ready(mapp)
         body = {"ready": ok, "recovering": bool(getattr(mapp, "health", None) and mapp.health.recovering)
                 or bool(getattr(app, "in_recovery", False)),
                 "rebalancing": bool(app.rebalancing), "partitions": sorted(mapp.processors),

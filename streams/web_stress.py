@@ -27,7 +27,6 @@ the rounds of a cascade or between workers.
 from __future__ import annotations
 
 import asyncio
-import hmac
 import json
 import logging
 from decimal import Decimal, InvalidOperation
@@ -48,6 +47,7 @@ from .margin.stress import (
     parse_grid,
     parse_shock,
 )
+from .web import authorized, held_partitions, ready
 
 log = logging.getLogger(__name__)
 
@@ -144,26 +144,10 @@ def attach_stress_pages(mapp) -> None:
     settings = mapp.settings
     token = settings.api_token
 
-    def authorized(request) -> bool:
-        if not token:
-            return True
-        given = request.headers.get("Authorization", "")
-        return hmac.compare_digest(given.encode(), f"Bearer {token}".encode())
-
-    def ready() -> bool:
-        health = getattr(mapp, "health", None)
-        if health is not None:
-            return health.ready()
-        return not (getattr(app, "in_recovery", False) or app.rebalancing)
-
-    def held_partitions() -> set[int]:
-        topic = mapp.sequenced.get_topic_name()
-        return {tp.partition for tp in app.consumer.assignment() if tp.topic == topic}
-
     async def evaluate_local(partitions: list[int], scenarios: list[Scenario], closed, top: int, exact: bool,
                              want_liquidated: bool) -> list[StressResult]:
         """The scenarios over this worker's engines of ``partitions`` (merged per scenario)."""
-        held = held_partitions()
+        held = held_partitions(mapp)
         procs = []
         for p in partitions:
             proc = mapp.processors.get(p)
@@ -223,7 +207,7 @@ def attach_stress_pages(mapp) -> None:
 
     class StressLocal(View):
         async def post(self, request):
-            if not authorized(request):
+            if not authorized(request, token):
                 return self.json({"error": "unauthorized"}, status=401)
             try:
                 body = json.loads(await request.read())
@@ -244,13 +228,13 @@ def attach_stress_pages(mapp) -> None:
 
     class Stress(View):
         async def post(self, request):
-            if not authorized(request):
+            if not authorized(request, token):
                 return self.json({"error": "unauthorized"}, status=401)
             try:
                 scenarios, model, rounds, top, exact = parse_body(await request.read())
             except BadRequest as exc:
                 return self.json({"error": exc.message}, status=400)
-            if not ready():
+            if not ready(mapp):
                 return self.json({"error": "not ready: tables recovering or rebalancing"}, status=503)
             try:
                 by_url = owners()

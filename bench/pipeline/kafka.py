@@ -4,7 +4,6 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -14,6 +13,8 @@ from pathlib import Path
 from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient
 from aiokafka.structs import OffsetAndMetadata
+
+from ..probes import free_port, scrape_metrics
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -106,12 +107,6 @@ async def wait_processed(probe: Probe, group: str, topic: str, expected: int, ti
         await asyncio.sleep(interval_s)
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 class Worker:
     """One ``python -m streams.cli worker`` process with its own web port, data dir and log."""
 
@@ -150,19 +145,7 @@ class Worker:
         raise RuntimeError(f"worker {self.name} not ready after {timeout_s:.0f} s; log {self.log_path}:\n" + self.tail())
 
     def metrics(self) -> dict[str, float]:
-        try:
-            body = urllib.request.urlopen(f"http://127.0.0.1:{self.port}/metrics", timeout=5).read().decode()
-        except OSError:
-            return {}
-        out = {}
-        for line in body.splitlines():
-            if line and not line.startswith("#"):
-                name, _, value = line.rpartition(" ")
-                try:
-                    out[name] = float(value)
-                except ValueError:
-                    pass
-        return out
+        return scrape_metrics(self.port)
 
     def memory_kib(self) -> dict[str, int]:
         """VmHWM (peak RSS) and VmRSS of the worker process, KiB, from /proc."""

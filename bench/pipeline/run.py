@@ -13,6 +13,7 @@ from pathlib import Path
 
 import orjson
 
+from ..probes import cpu_model
 from . import latency as lat
 from .kafka import REPO, Probe, Worker, commit_group, metric_sum, wait_processed
 from .workload import Config, Workload, build, produce, sequenced_count
@@ -79,17 +80,9 @@ def machine_state(sample_s: float = 1.0, top: int = 6) -> dict:
 
 
 def machine_info() -> dict:
-    cpu = ""
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
     import platform
 
-    return {"nproc": len(os.sched_getaffinity(0)), "cpu": cpu, "python": platform.python_version(),
+    return {"nproc": len(os.sched_getaffinity(0)), "cpu": cpu_model(), "python": platform.python_version(),
             "mem_total_gib": round(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30, 1)}
 
 

@@ -11,6 +11,7 @@ import pytest
 from referencing import Registry, Resource
 from referencing.jsonschema import DRAFT7
 
+import streams
 from streams import codec
 from streams.margin.errors import ERROR_CODES
 
@@ -187,7 +188,7 @@ def test_risk_params_oneof_takes_each_example_exactly_once(registry: Registry) -
 
 
 def test_seed_file_lines_are_risk_params_payloads(registry: Registry) -> None:
-    path = Path(codec.__file__).parent / "data" / "risk_params.jsonl"
+    path = Path(streams.__file__).parent / "data" / "risk_params.jsonl"
     validator = _validator("risk-params.schema.json", registry)
     lines = [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
     assert lines

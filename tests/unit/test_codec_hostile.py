@@ -21,6 +21,7 @@ from hypothesis import strategies as st
 from referencing import Registry, Resource
 from referencing.jsonschema import DRAFT7
 
+import streams
 from streams import codec
 from streams.codec import INPUT_TOPICS, decode
 from streams.deadletter import build_dead_letter
@@ -61,7 +62,7 @@ def _bases() -> dict[str, list[dict]]:
     out: dict[str, list[dict]] = {}
     for topic in INPUT_TOPICS:
         out[topic] = list(codec.load_schema(topic)["examples"])
-    seed = Path(codec.__file__).parent / "data" / "risk_params.jsonl"
+    seed = Path(streams.__file__).parent / "data" / "risk_params.jsonl"
     out["risk-params"] += [json.loads(line)["value"] for line in seed.read_text().splitlines() if line.strip()][:3]
     return out
 

@@ -1,4 +1,4 @@
-"""The kernels' three implementations agree bit for bit (streams/margin/kernels.py).
+"""The kernels' three implementations agree bit for bit (streams/margin/kernels/).
 
 ``ColumnarIndex`` computes the same values three ways: blocks of contiguous rows or
 slots (views), blocks of gathered rows (``np.take``), and plain Python floats for at
