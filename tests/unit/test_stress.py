@@ -1,4 +1,4 @@
-"""Stress evaluation (streams/margin/stress.py): hand-computed tables, parsing, and the
+"""Stress evaluation (streams/margin/stress/): hand-computed tables, parsing, and the
 exactness test — stress on a book equals what the engine decides when the same marks
 actually arrive."""
 from __future__ import annotations
