@@ -6,7 +6,6 @@ import math
 
 import numpy as np
 
-
 def _top_rows(score: np.ndarray, k: int) -> list[int]:
     """Indices of the (at most) ``k`` largest positive scores."""
     pos = np.flatnonzero(score > 0)
@@ -17,18 +16,38 @@ def _top_rows(score: np.ndarray, k: int) -> list[int]:
 
 def _decide(idx, equity, mm, gross, prev):
     """Float decision and near screen of scopes (``ColumnarIndex.decide``/``_near``), through
-    the index's quiet-row prefilter: a scope with equity > 0 and MM < L·equity − tol (L the
-    lowest level) is healthy and far from every threshold, so only the others are decided."""
+    the index's quiet-row prefilter for the screen: a scope with equity > 0 and MM < L·equity
+    − tol (L the lowest level, at most 1) is healthy and far from every threshold, so only
+    the others are screened. The decision itself runs on every scope (``_states``): on a
+    quiet scope it is healthy anyway, and one pass of comparisons costs less than gathering
+    the others and scattering their states back."""
     rest = idx._not_quiet(equity, mm, gross)
+    state = _states(idx, equity, mm, prev)
     if rest is None:
-        return idx.decide(equity, mm, prev), idx._near(equity, mm, gross)
-    state = np.zeros(len(equity), np.int8)
+        return state, idx._near(equity, mm, gross)
     near = np.zeros(len(equity), bool)
     if len(rest):
-        e, m, g = equity[rest], mm[rest], gross[rest]
-        state[rest] = idx.decide(e, m, prev[rest])
-        near[rest] = idx._near(e, m, g)
+        near[rest] = idx._near(equity[rest], mm[rest], gross[rest])
     return state, near
+
+
+def _states(idx, equity, mm, prev):
+    """``ColumnarIndex.decide`` (0 healthy, 1 margin_call, 2 liquidation, with hysteresis)
+    on boolean arrays: its nested ``np.where`` over int64 costs ~50× more than these
+    comparisons. liquidation: MM > 0 and equity <= MM; margin_call: equity > 0, MM > 0 and
+    MM >= call·equity, or MM >= lower·equity from a state above healthy."""
+    pos_m = mm > 0
+    liq = equity <= mm
+    liq &= pos_m
+    call = mm >= idx.call_level * equity
+    stay = mm >= idx.lower_level * equity
+    stay &= prev > 0
+    call |= stay
+    call &= pos_m
+    call &= equity > 0
+    call |= liq
+    out = call.view(np.int8) + liq.view(np.int8)  # (liquidation: 1 + 1)
+    return out
 
 
 class _Sym:
@@ -52,8 +71,9 @@ class _Sym:
         self.n_rows = n_rows
         iso = col.iso[:n]
         rows = col.rows[:n]
-        self.rows_x = np.where(iso, n_rows, rows)  # isolated slots sum into a spare row
         self.iso_slots = np.flatnonzero(iso)
+        self.rows_x = rows.copy()
+        self.rows_x[self.iso_slots] = n_rows  # isolated slots sum into a spare row
         self.iso_rows = rows[self.iso_slots]
         self.aq = np.abs(col.qty[:n] * col.c)  # |q|·c of every slot
         self.iso = None
@@ -69,17 +89,29 @@ class _Sym:
         without one; the same products as per slot), and the isolated slots' own."""
         if self.dense is None:
             col, n, c = self.col, self.n, self.col.c
-            xs = np.flatnonzero(self.rows_x < self.n_rows)
-            rows = self.rows_x[xs]
-            q, e, mmr, amt = (np.zeros(self.n_rows, a.dtype) for a in (col.qty, col.entry, col.t_mmr, col.t_amt))
-            q[rows] = col.qty[:n][xs]
-            e[rows] = col.entry[:n][xs]  # 1/entry for inverse contracts
-            mmr[rows] = col.t_mmr[:n][xs]
-            amt[rows] = col.t_amt[:n][xs]
-            qc = q * c
-            self.dense = (qc, qc * e, np.abs(qc), mmr, amt)
-            self.dense_e = e
             sl = self.iso_slots
+            if n == self.n_rows and np.array_equal(self.col.rows[:n], np.arange(n)):
+                # slot i is row i (a book loaded in row order): the slots' arrays with the
+                # isolated ones zeroed, no scatter of every slot
+                qc = col.qty[:n] * c
+                qc[sl] = 0.0
+                qce = qc * col.entry[:n]
+                qce[sl] = 0.0
+                mmr, amt = col.t_mmr[:n].copy(), col.t_amt[:n].copy()
+                mmr[sl] = 0
+                amt[sl] = 0
+                self.dense = (qc, qce, np.abs(qc), mmr, amt)
+            else:
+                xs = np.flatnonzero(self.rows_x < self.n_rows)
+                rows = self.rows_x[xs]
+                q, e, mmr, amt = (np.zeros(self.n_rows, a.dtype) for a in (col.qty, col.entry, col.t_mmr, col.t_amt))
+                q[rows] = col.qty[:n][xs]
+                e[rows] = col.entry[:n][xs]  # 1/entry for inverse contracts
+                mmr[rows] = col.t_mmr[:n][xs]
+                amt[rows] = col.t_amt[:n][xs]
+                qc = q * c
+                self.dense = (qc, qc * e, np.abs(qc), mmr, amt)
+                self.dense_e = e
             iqc = col.qty[:n][sl] * c
             self.isod = (iqc, iqc * col.entry[:n][sl], np.abs(iqc), col.t_mmr[:n][sl], col.t_amt[:n][sl])
             pos = np.full(n, -1, np.int64)
@@ -92,6 +124,11 @@ class _Sym:
         of a symbol with no mark yet)."""
         if self.aqe is None:
             d = self._dense()
+            if self.dense_e is None:  # (the row-aligned entries, not kept by the fast path)
+                e = np.zeros(self.n_rows, self.col.entry.dtype)
+                xs = np.flatnonzero(self.rows_x < self.n_rows)
+                e[self.rows_x[xs]] = self.col.entry[: self.n][xs]
+                self.dense_e = e
             self.aqe = (d[2] * self.dense_e, self.isod[2] * self.col.entry[: self.n][self.iso_slots])
         return self.aqe
 
@@ -125,37 +162,31 @@ class _Sym:
         return got
 
     def values(self, mark: float):
-        """The symbol at ``mark``: x (the mark, 1/mark for inverse contracts), the cross rows'
-        uPnL and MM (row-aligned, 0 without a position), the rows with a near-tier cross slot,
-        the isolated slots' uPnL, MM and near-tier flags (None: none). The contract's formulas:
-        linear N = |q|c·m, uPnL = qc·m − qc·e; inverse N = |q|c/m, uPnL = qc·(1/e) − qc/m;
-        MM = N·mmr_k − amount_k for the tier k of N.
+        """The symbol at ``mark``: x (the mark, 1/mark for inverse contracts), two Nones (the
+        cross rows' uPnL and MM are computed by ``cross_into``, in ``BookStress._sums``), the rows with a
+        near-tier cross slot, the isolated slots' uPnL, MM and near-tier flags (None: none),
+        and the cross rows whose tier cache fails with their MM (``fix``: rows, MM; None:
+        none). The contract's formulas: linear N = |q|c·m, uPnL = qc·m − qc·e; inverse
+        N = |q|c/m, uPnL = qc·(1/e) − qc/m; MM = N·mmr_k − amount_k for the tier k of N.
 
         The tier comes from the slot's tier cache in the index (``t_lo < N < t_hi``: the tier
         is certain and no bound is within NEAR, see ``SymbolColumn._compute_block``); the
         other slots take the index's full lookup (``SymbolColumn._tiers``: tier, MM and the
         engine's near-tier test). Nothing is written."""
         col = self.col
-        qc, qce, aq, mmr, amt = self._dense()
+        self._dense()
         iqc, iqce, iaq, immr, iamt = self.isod
         m0 = col.mark
         if col.inverse:
             x = 1.0 / mark if mark > 0 else 0.0
             xb = 1.0 / m0 if m0 > 0 else math.nan
-            u = np.multiply(qc, x)
-            np.subtract(qce, u, out=u)
             iu = np.multiply(iqc, x)
             np.subtract(iqce, iu, out=iu)
         else:
             x = mark
             xb = m0
-            u = np.multiply(qc, x)
-            u -= qce
             iu = np.multiply(iqc, x)
             iu -= iqce
-        mm = np.multiply(aq, x)
-        mm *= mmr
-        mm -= amt
         imm = np.multiply(iaq, x)
         imm *= immr
         imm -= iamt
@@ -166,6 +197,7 @@ class _Sym:
             sl, caq, clo, chi = cand
         near_rows = None
         iso_near = None
+        fix = None
         if len(sl):
             nc = caq * x
             bad = nc <= clo
@@ -177,11 +209,11 @@ class _Sym:
                 rx = self.rows_x[out]
                 xm = rx < self.n_rows
                 if xm.all():
-                    mm[rx] = mm_o
+                    fix = (rx, mm_o)
                     if near_o.any():
                         near_rows = rx[near_o]
                 else:
-                    mm[rx[xm]] = mm_o[xm]
+                    fix = (rx[xm], mm_o[xm])
                     ip = self.iso_pos[out[~xm]]
                     imm[ip] = mm_o[~xm]
                     nx = near_o[xm]
@@ -191,7 +223,22 @@ class _Sym:
                     if ni.any():
                         iso_near = np.zeros(len(self.iso_slots), bool)
                         iso_near[ip[ni]] = True
-        return x, u, mm, near_rows, iu, imm, iso_near
+        return x, None, None, near_rows, iu, imm, iso_near, fix
+
+    def cross_into(self, x: float, u: np.ndarray, mm: np.ndarray, fix) -> None:
+        """The cross rows' uPnL and MM at x into ``u`` and ``mm`` (see ``values``; ``fix``: its
+        rows whose tier cache fails and their MM)."""
+        qc, qce, aq, mmr, amt = self.dense
+        np.multiply(qc, x, out=u)
+        if self.col.inverse:
+            np.subtract(qce, u, out=u)
+        else:
+            u -= qce
+        np.multiply(aq, x, out=mm)
+        mm *= mmr
+        mm -= amt
+        if fix is not None:
+            mm[fix[0]] = fix[1]
 
     def iso_consts(self):
         """Isolated slots' margin, |margin|, Σ|terms| at the book's mark and current state
