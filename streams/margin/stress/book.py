@@ -3,6 +3,7 @@ package docstring)."""
 from __future__ import annotations
 
 import math
+from bisect import bisect_right
 from itertools import compress
 
 import numpy as np
@@ -35,6 +36,7 @@ class BookStress(_Totals):
             self.has_acct = np.ones(n, bool)
         else:
             self.has_acct = np.fromiter((a in accounts for a in ids), bool, n) if n else np.zeros(0, bool)
+        self.n_acct = int(self.has_acct.sum())
         # sorted id lists without sorting strings per scenario: the rows in id order, once
         ids_list = list(ids)
         if ids_list == sorted(ids_list):  # (rows made in id order: no permutation)
@@ -54,6 +56,7 @@ class BookStress(_Totals):
         self._closed_done = 0
         self._closed_rows = np.zeros(n, bool)
         self._closed_iso: dict[str, np.ndarray] = {}
+        self._iso_lay = None
 
     def _sym(self, name: str) -> _Sym:
         s = self._syms.get(name)
@@ -66,6 +69,22 @@ class BookStress(_Totals):
         if 3 * int(np.count_nonzero(m)) > len(m):  # many: itertools.compress over the mask's bytes
             return list(compress(self._ids_sorted, m.view(np.uint8).tobytes()))
         return self._ids_arr[m].tolist()
+
+    def _ids_pair(self, mask: np.ndarray, sub: np.ndarray) -> tuple[list[str], list[str]]:
+        """``_ids_where(mask)`` and ``_ids_where(mask & sub)``: the second list picked from the
+        first (its ids were just touched, and most are usually kept) instead of another scan
+        of every row's id."""
+        first = self._ids_where(mask)
+        if not first:
+            return first, []
+        m, s = (mask, sub) if self._order is None else (mask[self._order], sub[self._order])
+        keep = s[np.flatnonzero(m)]
+        k = int(np.count_nonzero(keep))
+        if k == len(first):
+            return first, first.copy()
+        if 3 * k > len(first):
+            return first, list(compress(first, keep.view(np.uint8).tobytes()))
+        return first, [first[i] for i in np.flatnonzero(keep).tolist()]
 
     def _asset_gross(self, a: int) -> np.ndarray:
         """Σ|terms| of every row's cross positions settled in asset ``a``, at the book's marks."""
@@ -141,7 +160,7 @@ class BookStress(_Totals):
         cross_prev = idx.cross_state[: self.n].copy()
         if exact:
             c_eq, c_mm, c_state, iso = self._exact(smarket, cross_prev)
-            ex = int(self.has_acct.sum()) + sum(len(x[0]) for x in iso.values())
+            ex = self.n_acct + len(iso[1])
         else:
             c_eq, c_mm, c_state, iso, ex = self._floats(vals, marks_f, price, cross_prev, smarket)
         return self._result(marks_d, smarket, vals, price, c_eq, c_mm, c_state, cross_prev, iso, ex,
@@ -281,41 +300,76 @@ class BookStress(_Totals):
             v = evaluate_exact(st.book, smarket)
             state[r] = STATE_CODE[next_state(STATES[int(cross_prev[r])], v.cross.equity, v.cross.mm, cfg)]
             ex += 1
-        iso = {}
-        for sym, col in idx.symbols.items():
-            if not col.n:
-                continue
+        lay = self._iso_layout()
+        layout, rows_all, prev_all = lay[0], lay[1], lay[2]
+        margin_all, absm_all, gross0_all = lay[3:]
+        k = len(rows_all)
+        eq_all, g_all = np.empty(k), np.empty(k)
+        m_all = np.empty(k)
+        extra = []  # (o0, o1, near-tier flags or None, closed mask or None)
+        for sym, slots, o0, o1 in layout:
             s = self._sym(sym)
-            slots = s.iso_slots
-            if not len(slots):
-                continue
             x, _, _, _, upnl, mmv, nt = vals[sym][:7]
-            margin, abs_margin, gross0, prev = s.iso_consts()
-            eq = upnl + margin
-            m = mmv  # (read only from here on)
+            np.add(upnl, margin_all[o0:o1], out=eq_all[o0:o1])
+            m_all[o0:o1] = mmv
             f = s.factor(marks_f[sym]) if sym in marks_f else 1.0
+            g = g_all[o0:o1]
             if f is None:
-                g = abs_margin + s.isod[2] * x + s.aqe_parts()[1]
+                g[:] = absm_all[o0:o1] + s.isod[2] * x + s.aqe_parts()[1]
             else:
-                g = gross0 * f if f != 1.0 else gross0.copy()
-                g += abs_margin
-            st, near = _decide(idx, eq, m, g, prev)
-            if nt is not None:
-                near |= nt
+                if f != 1.0:
+                    np.multiply(gross0_all[o0:o1], f, out=g)
+                else:
+                    g[:] = gross0_all[o0:o1]
+                g += absm_all[o0:o1]
             closed = self._closed_iso.get(sym)
+            if nt is not None or closed is not None:
+                extra.append((o0, o1, nt, None if closed is None else closed[slots]))
+        # every isolated scope of every symbol at once: one screen and decision
+        st_all, near = _decide(idx, eq_all, m_all, g_all, prev_all)
+        for o0, o1, nt, closed in extra:
+            if nt is not None:
+                near[o0:o1] |= nt
             if closed is not None:
-                near &= ~closed[slots]
-            for i in np.flatnonzero(near).tolist():
-                sl = int(slots[i])
+                near[o0:o1] &= ~closed
+        hits = np.flatnonzero(near)
+        if len(hits):
+            starts = [o0 for _, _, o0, _ in layout]
+            for j in hits.tolist():
+                sym, slots, o0, _ = layout[bisect_right(starts, j) - 1]
+                col = idx.symbols[sym]
+                sl = int(slots[j - o0])
                 acct = accounts.get(self.ids[int(col.rows[sl])])
                 if acct is None:
                     continue
                 pos = acct.book.positions[sym]
                 pv = position_values(pos, col.inst, smarket.mark_for(pos))
-                st[i] = STATE_CODE[next_state(STATES[int(prev[i])], pos.isolated_margin + pv.upnl, pv.mm, cfg)]
+                st_all[j] = STATE_CODE[next_state(STATES[int(prev_all[j])], pos.isolated_margin + pv.upnl, pv.mm, cfg)]
                 ex += 1
-            iso[sym] = (slots, eq, m, st, prev)
-        return equity, mm, state, iso, ex
+        return equity, mm, state, (layout, rows_all, eq_all, m_all, st_all, prev_all), ex
+
+    def _iso_layout(self):
+        """The isolated slots of every symbol laid end to end (index order): [(symbol, slots,
+        start, stop)], their rows, current states, margins, |margins| and Σ|terms| at the
+        book's marks — once per BookStress, so that a scenario screens, decides and totals
+        them in a few passes instead of ~40 small ones per symbol."""
+        if self._iso_lay is None:
+            layout, parts = [], []
+            o = 0
+            for sym, col in self.idx.symbols.items():
+                if not col.n:
+                    continue
+                s = self._sym(sym)
+                if not len(s.iso_slots):
+                    continue
+                layout.append((sym, s.iso_slots, o, o + len(s.iso_slots)))
+                o += len(s.iso_slots)
+                margin, abs_margin, gross0, prev = s.iso_consts()
+                parts.append((s.iso_rows, prev, margin, abs_margin, gross0))
+            cat = [np.concatenate([p[i] for p in parts]) if parts else np.zeros(0, dt)
+                   for i, dt in enumerate((np.int64, np.int8, float, float, float))]
+            self._iso_lay = (layout, *cat)
+        return self._iso_lay
 
     def _exact(self, smarket, cross_prev):
         """Every scope with the exact reference (Decimal), as float arrays."""
@@ -340,12 +394,17 @@ class BookStress(_Totals):
                 prev = int(col.iso_state[s])
                 iso_vals.setdefault(sym, {})[s] = (float(sv.equity), float(sv.mm),
                                                    STATE_CODE[next_state(STATES[prev], sv.equity, sv.mm, cfg)], prev)
-        iso = {}
-        for sym, d in iso_vals.items():
+        layout, parts = [], []
+        o = 0
+        for sym, d in iso_vals.items():  # (in the order met, as the totals have always been summed)
             slots = self._sym(sym).iso_slots
-            rows = [d[s] for s in slots.tolist()]
-            iso[sym] = (slots, np.array([x[0] for x in rows]), np.array([x[1] for x in rows]),
-                        np.array([x[2] for x in rows], np.int8), np.array([x[3] for x in rows], np.int8))
+            layout.append((sym, slots, o, o + len(slots)))
+            o += len(slots)
+            parts.append([d[s] for s in slots.tolist()])
+        rows = [r for p in parts for r in p]
+        rows_all = np.concatenate([self._sym(sym).iso_rows for sym, *_ in layout]) if layout else np.zeros(0, np.int64)
+        iso = (layout, rows_all, np.array([x[0] for x in rows], float), np.array([x[1] for x in rows], float),
+               np.array([x[2] for x in rows], np.int8), np.array([x[3] for x in rows], np.int8))
         return equity, mm, state, iso
 
 

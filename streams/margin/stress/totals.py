@@ -43,8 +43,9 @@ class _Totals:
         liq_c = c_state == 2
         res = StressResult()
         res.scopes = n_open
-        res.scopes_liquidation = int(np.count_nonzero(liq_c))
-        res.scopes_margin_call = int(np.count_nonzero(c_state == 1))
+        counts = np.bincount(c_state.view(np.uint8), minlength=3)
+        res.scopes_liquidation = int(counts[2])
+        res.scopes_margin_call = int(counts[1])
         liq_bad = float(bad[liq_c].sum())
         k = self.top
         cand = []
@@ -57,59 +58,64 @@ class _Totals:
         bad_debt = float(bad.sum())
         unpriced = 0
         liq_slots: dict[str, np.ndarray] = {}
-        for sym, (slots, eq, m, st, prev) in iso.items():
-            col = idx.symbols[sym]
-            s = self._sym(sym)
-            rows = s.iso_rows
+        layout, rows_all, eq_all, m_all, st_all, prev_all = iso
+        ok = None  # None: every isolated scope open
+        if not all_acct:
+            ok = self.has_acct[rows_all]
+        for sym, slots, o0, o1 in layout if self._closed_iso else ():
             closed = self._closed_iso.get(sym)
-            ok = None  # None: every slot open
-            if not all_acct:
-                ok = self.has_acct[rows]
             if closed is not None:  # an isolated scope stays open when its account's cross scope closed
-                ok = ~closed[slots] if ok is None else ok & ~closed[slots]
-            if ok is not None:
-                st = np.where(ok, st, 0).astype(np.int8)
-                prev = np.where(ok, prev, 0).astype(np.int8)
-            # the rows of a column are distinct: a gather/scatter is the maximum.at
-            worst[rows] = np.maximum(worst[rows], st)
-            if not prev_done:
-                worst_prev[rows] = np.maximum(worst_prev[rows], prev)
-            liq = st == 2
-            n_ok = len(slots) if ok is None else int(ok.sum())
-            res.scopes += n_ok
-            res.scopes_liquidation += int(np.count_nonzero(liq))
-            res.scopes_margin_call += int(np.count_nonzero(st == 1))
+                if ok is None:
+                    ok = np.ones(len(rows_all), bool)
+                ok[o0:o1] &= ~closed[slots]
+        if ok is not None:
+            st_all = st_all * ok.view(np.int8)
+            prev_all = prev_all * ok.view(np.int8)
+        # a row's isolated scopes are in several symbols: maximum.at, over the states > 0 only
+        nz = np.flatnonzero(st_all)
+        np.maximum.at(worst, rows_all[nz], st_all[nz])
+        if not prev_done:
+            nz = np.flatnonzero(prev_all)
+            np.maximum.at(worst_prev, rows_all[nz], prev_all[nz])
+        counts = np.bincount(st_all.view(np.uint8), minlength=3)
+        liq_all = st_all == 2 if counts[2] else None
+        res.scopes += len(rows_all) if ok is None else int(ok.sum())
+        res.scopes_liquidation += int(counts[2])
+        res.scopes_margin_call += int(counts[1])
+        sh_all = m_all - eq_all
+        np.maximum(sh_all, 0.0, out=sh_all)
+        bd_all = np.negative(eq_all)
+        np.maximum(bd_all, 0.0, out=bd_all)
+        if ok is not None:
+            sh_all[~ok] = 0.0
+            bd_all[~ok] = 0.0
+        # per symbol: its settle price, and the sums in symbol order (the same partial sums)
+        for sym, slots, o0, o1 in layout:
             if want_liquidated:
-                liq_slots[sym] = slots[liq]
-            p = float(price[col.asset_col])
+                liq_slots[sym] = slots[liq_all[o0:o1]] if liq_all is not None else slots[:0]
+            p = float(price[idx.symbols[sym].asset_col])
             if math.isnan(p):
-                unpriced += n_ok
+                unpriced += (o1 - o0) if ok is None else int(ok[o0:o1].sum())
                 continue
-            sh = m - eq
-            np.maximum(sh, 0.0, out=sh)
-            bd = np.negative(eq)
-            np.maximum(bd, 0.0, out=bd)
-            if ok is not None:
-                sh[~ok] = 0.0
-                bd[~ok] = 0.0
+            sh, bd = sh_all[o0:o1], bd_all[o0:o1]
             if p != 1.0:
                 sh *= p
                 bd *= p
             shortfall += float(sh.sum())
             bad_debt += float(bd.sum())
-            liq_bad += float(bd[liq].sum())
+            if liq_all is not None:
+                liq_bad += float(bd[liq_all[o0:o1]].sum())
             if k and len(sh):
                 for i in _top_rows(sh + bd, k):
-                    cand.append({"account_id": ids[int(rows[i])], "scope": sym, "state": STATES[int(st[i])],
-                                 "equity": float(eq[i] * p), "maintenance_margin": float(m[i] * p),
+                    j = o0 + i
+                    cand.append({"account_id": ids[int(rows_all[j])], "scope": sym, "state": STATES[int(st_all[j])],
+                                 "equity": float(eq_all[j] * p), "maintenance_margin": float(m_all[j] * p),
                                  "shortfall": float(sh[i]), "bad_debt": float(bd[i])})
         if static_prev and not prev_done:
             self._worst_prev = worst_prev  # (read only from here on)
-        res.accounts = int(self.has_acct.sum())
-        res.liquidation = self._ids_where(worst == 2)
-        res.margin_call = self._ids_where(worst == 1)
-        res.entering_liquidation = self._ids_where((worst == 2) & (worst_prev < 2))
-        res.entering_margin_call = self._ids_where((worst == 1) & (worst_prev < 1))
+        res.accounts = self.n_acct
+        res.liquidation, res.entering_liquidation = self._ids_pair(worst == 2, worst_prev < 2)
+        res.margin_call, res.entering_margin_call = self._ids_pair(worst == 1, worst_prev < 1)
         res.shortfall = shortfall
         res.bad_debt = bad_debt
         res.liq_bad_debt = liq_bad
