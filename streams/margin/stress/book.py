@@ -42,12 +42,10 @@ class BookStress(_Totals):
         if ids_list == sorted(ids_list):  # (rows made in id order: no permutation)
             self._order = None
             self._ids_sorted = ids_list
-            self._ids_arr = np.array(ids_list, dtype=object) if n else np.zeros(0, object)
         else:
             order = sorted(range(n), key=ids.__getitem__)
             self._order = np.array(order, np.int64)
             self._ids_sorted = [ids[i] for i in order]
-            self._ids_arr = np.array(self._ids_sorted, dtype=object)
         self._syms: dict[str, _Sym] = {}
         self._base: dict[str, tuple] = {}
         self._gross: dict[int, np.ndarray] = {}
@@ -68,7 +66,8 @@ class BookStress(_Totals):
         m = mask if self._order is None else mask[self._order]
         if 3 * int(np.count_nonzero(m)) > len(m):  # many: itertools.compress over the mask's bytes
             return list(compress(self._ids_sorted, m.view(np.uint8).tobytes()))
-        return self._ids_arr[m].tolist()
+        ids = self._ids_sorted
+        return [ids[i] for i in np.flatnonzero(m).tolist()]
 
     def _ids_pair(self, mask: np.ndarray, sub: np.ndarray) -> tuple[list[str], list[str]]:
         """``_ids_where(mask)`` and ``_ids_where(mask & sub)``: the second list picked from the
@@ -82,6 +81,14 @@ class BookStress(_Totals):
         k = int(np.count_nonzero(keep))
         if k == len(first):
             return first, first.copy()
+        if 16 * (len(first) - k) < len(first):  # a few left out: the runs between them, sliced
+            out: list[str] = []
+            at = 0
+            for j in np.flatnonzero(~keep).tolist():
+                out += first[at:j]
+                at = j + 1
+            out += first[at:]
+            return first, out
         if 3 * k > len(first):
             return first, list(compress(first, keep.view(np.uint8).tobytes()))
         return first, [first[i] for i in np.flatnonzero(keep).tolist()]
@@ -99,6 +106,11 @@ class BookStress(_Totals):
         return got
 
     def _bincount(self, s: _Sym, w: np.ndarray) -> np.ndarray:
+        """Σ ``w`` of each row's cross slots of ``s``."""
+        if s.identity():  # one slot per row, in row order: the sum is 0.0 + the slot's value
+            out = w + 0.0
+            out[s.iso_slots] = 0.0
+            return out
         return np.bincount(s.rows_x, w, minlength=self.n + 1)[: self.n]
 
     # -- closed scopes (a cascade's earlier rounds) ----------------------------------------
@@ -267,13 +279,16 @@ class BookStress(_Totals):
         asset), in the index's symbol order; a shocked symbol's values go through two scratch
         arrays (no row-length arrays allocated per symbol and scenario)."""
         n = self.n
-        net = bal.copy()
+        net = None  # bal + the first symbol's (= bal.copy() += …)
         m = np.empty(n)
         tu = tm = None
         first = True
         for s, v in syms:
             if v[0] is None:  # unshocked: the book's row sums
-                net += v[1]
+                if first:
+                    net = np.add(bal, v[1])
+                else:
+                    net += v[1]
                 if first:
                     np.copyto(m, v[2])
                 else:
@@ -282,7 +297,10 @@ class BookStress(_Totals):
                 if tu is None:
                     tu, tm = np.empty(n), np.empty(n)
                 s.cross_into(v[0], tu, m if first else tm, v[7])
-                net += tu
+                if first:
+                    net = np.add(bal, tu)
+                else:
+                    net += tu
                 if not first:
                     m += tm
             first = False

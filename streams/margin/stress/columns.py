@@ -7,7 +7,22 @@ import math
 import numpy as np
 
 def _top_rows(score: np.ndarray, k: int) -> list[int]:
-    """Indices of the (at most) ``k`` largest positive scores."""
+    """Indices of the (at most) ``k`` largest positive scores (in no particular order).
+
+    On a large array the candidates are first cut by a lower bound of the k-th largest: the
+    k-th largest of a strided sample (every score of the top k is >= it), so the partition
+    runs on a few hundred scores instead of every positive one. When the k-th largest is
+    tied (the set of the top k is then not unique), the full partition decides as before."""
+    n = len(score)
+    if k and n > 256 * k:
+        sub = score[:: n // (64 * k)]
+        bound = np.partition(sub, len(sub) - k)[len(sub) - k]
+        if bound > 0:
+            c = np.flatnonzero(score >= bound)
+            cs = score[c]
+            part = np.argpartition(-cs, k - 1)[:k]
+            if np.count_nonzero(cs >= cs[part].min()) == k:
+                return c[part].tolist()
     pos = np.flatnonzero(score > 0)
     if len(pos) > k:
         pos = pos[np.argpartition(-score[pos], k - 1)[:k]]
@@ -18,16 +33,23 @@ def _decide(idx, equity, mm, gross, prev):
     """Float decision and near screen of scopes (``ColumnarIndex.decide``/``_near``), through
     the index's quiet-row prefilter for the screen: a scope with equity > 0 and MM < L·equity
     − tol (L the lowest level, at most 1) is healthy and far from every threshold, so only
-    the others are screened. The decision itself runs on every scope (``_states``): on a
-    quiet scope it is healthy anyway, and one pass of comparisons costs less than gathering
-    the others and scattering their states back."""
+    the others are screened. When they are many (over a quarter), the decision runs on every
+    scope (``_states``: on a quiet scope it is healthy anyway), cheaper than gathering them
+    and scattering their states back."""
     rest = idx._not_quiet(equity, mm, gross)
-    state = _states(idx, equity, mm, prev)
     if rest is None:
-        return state, idx._near(equity, mm, gross)
+        return _states(idx, equity, mm, prev), idx._near(equity, mm, gross)
     near = np.zeros(len(equity), bool)
-    if len(rest):
-        near[rest] = idx._near(equity[rest], mm[rest], gross[rest])
+    if 4 * len(rest) > len(equity):
+        state = _states(idx, equity, mm, prev)
+        if len(rest):
+            near[rest] = idx._near(equity[rest], mm[rest], gross[rest])
+    else:  # few: on the gathered scopes only
+        state = np.zeros(len(equity), np.int8)
+        if len(rest):
+            e, m = equity[rest], mm[rest]
+            state[rest] = _states(idx, e, m, prev[rest])
+            near[rest] = idx._near(e, m, gross[rest])
     return state, near
 
 
@@ -62,7 +84,7 @@ class _Sym:
     bounds lie within a band of marks around the scenario's (``_cand``)."""
 
     __slots__ = ("col", "n", "n_rows", "rows_x", "iso_slots", "iso_rows", "aq", "iso", "dense", "isod", "iso_pos",
-                 "cand", "dense_e", "aqe")
+                 "cand", "dense_e", "aqe", "ident")
 
     def __init__(self, col, n_rows: int) -> None:
         n = col.n
@@ -83,6 +105,14 @@ class _Sym:
         self.cand = None
         self.dense_e = None
         self.aqe = None
+        self.ident = None
+
+    def identity(self) -> bool:
+        """Whether slot i is row i for every row (a book loaded in row order)."""
+        if self.ident is None:
+            n = self.n
+            self.ident = n == self.n_rows and bool(np.array_equal(self.col.rows[:n], np.arange(n)))
+        return self.ident
 
     def _dense(self):
         """Row-aligned q·c, q·c·e, |q|·c, mmr and amount of the cross slots (0 for a row
@@ -90,7 +120,7 @@ class _Sym:
         if self.dense is None:
             col, n, c = self.col, self.n, self.col.c
             sl = self.iso_slots
-            if n == self.n_rows and np.array_equal(self.col.rows[:n], np.arange(n)):
+            if self.identity():
                 # slot i is row i (a book loaded in row order): the slots' arrays with the
                 # isolated ones zeroed, no scatter of every slot
                 qc = col.qty[:n] * c

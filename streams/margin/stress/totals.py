@@ -43,9 +43,8 @@ class _Totals:
         liq_c = c_state == 2
         res = StressResult()
         res.scopes = n_open
-        counts = np.bincount(c_state.view(np.uint8), minlength=3)
-        res.scopes_liquidation = int(counts[2])
-        res.scopes_margin_call = int(counts[1])
+        res.scopes_liquidation = int(np.count_nonzero(liq_c))
+        res.scopes_margin_call = int(np.count_nonzero(c_state == 1))
         liq_bad = float(bad[liq_c].sum())
         k = self.top
         cand = []
@@ -72,16 +71,19 @@ class _Totals:
             st_all = st_all * ok.view(np.int8)
             prev_all = prev_all * ok.view(np.int8)
         # a row's isolated scopes are in several symbols: maximum.at, over the states > 0 only
-        nz = np.flatnonzero(st_all)
+        # (a comparison first: np.flatnonzero of int8 is ~4× slower than of a boolean array)
+        nz = np.flatnonzero(st_all > 0)
         np.maximum.at(worst, rows_all[nz], st_all[nz])
         if not prev_done:
-            nz = np.flatnonzero(prev_all)
+            nz = np.flatnonzero(prev_all > 0)
             np.maximum.at(worst_prev, rows_all[nz], prev_all[nz])
-        counts = np.bincount(st_all.view(np.uint8), minlength=3)
-        liq_all = st_all == 2 if counts[2] else None
+        liq_all = st_all == 2
+        n_liq = int(np.count_nonzero(liq_all))
+        if not n_liq:
+            liq_all = None
         res.scopes += len(rows_all) if ok is None else int(ok.sum())
-        res.scopes_liquidation += int(counts[2])
-        res.scopes_margin_call += int(counts[1])
+        res.scopes_liquidation += n_liq
+        res.scopes_margin_call += int(np.count_nonzero(st_all == 1))
         sh_all = m_all - eq_all
         np.maximum(sh_all, 0.0, out=sh_all)
         bd_all = np.negative(eq_all)
