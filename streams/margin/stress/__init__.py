@@ -41,6 +41,11 @@ Reported, in the valuation currency (floats, within 1e-9 relative of exact):
 
 Results of several books (partitions, workers) merge with :meth:`StressResult.merge`;
 ``to_wire``/``from_wire`` give plain dicts of str/float/int/list for transport.
+
+Modules: :mod:`.scenarios` (shocks, grids, scenarios and their parsing), :mod:`.results`
+(``StressResult``, the JSON reports), :mod:`.columns` (per-symbol constants and values at a
+mark, the float screen), :mod:`.book` (``BookStress``: cross and isolated scopes, exact
+fallback) and :mod:`.totals` (shortfall, bad debt, account lists, top contributors).
 """
 from __future__ import annotations
 

@@ -16,7 +16,7 @@ from .totals import _Totals
 
 
 class BookStress(_Totals):
-    """Stress evaluation over one engine's book, read-only (see the module docstring).
+    """Stress evaluation over one engine's book, read-only (see the package docstring).
 
     Build it for one request (a grid, a cascade): it keeps per-symbol constants (q·c, q·c·e,
     |q|·c, …), the row sums of unshocked symbols at the book's marks and the masks of closed
@@ -160,8 +160,9 @@ class BookStress(_Totals):
             if a is not None and rec.price_symbol in marks_f:
                 price[a] = marks_f[rec.price_symbol]
         self._apply_closed(closed)
-        # symbol -> (x or None, cross rows' uPnL, MM, rows with a near-tier cross slot or None,
-        #            isolated slots' uPnL, MM, near-tier flags or None), see _Sym.values
+        # symbol -> (x or None, cross rows' uPnL, MM (None when shocked: BookStress._sums computes
+        #            them), rows with a near-tier cross slot or None, isolated slots' uPnL, MM,
+        #            near-tier flags or None, cross rows whose tier cache fails or None), see _Sym.values
         vals: dict[str, tuple] = {}
         for sym, col in idx.symbols.items():
             if col.n:
