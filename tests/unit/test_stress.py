@@ -1,4 +1,4 @@
-"""Stress evaluation (streams/margin/stress.py): hand-computed tables, parsing, and the
+"""Stress evaluation (streams/margin/stress/): hand-computed tables, parsing, and the
 exactness test — stress on a book equals what the engine decides when the same marks
 actually arrive."""
 from __future__ import annotations
@@ -338,3 +338,32 @@ def test_partitions_merge_like_one_book():
             assert getattr(wa, k) == getattr(wb, k), k
         assert wa.shortfall == pytest.approx(wb.shortfall, rel=1e-12)
         assert [c["account_id"] for c in wa.top] == [c["account_id"] for c in wb.top]
+
+
+def test_top_rows_sampled_bound_picks_the_partitions_set():
+    """``_top_rows`` cuts large arrays by a sampled bound; the set must be the plain
+    partition's whenever that set is unique (ties at the k-th score take the full path)."""
+    from streams.margin.stress.columns import _top_rows
+
+    def plain(score, k):
+        pos = np.flatnonzero(score > 0)
+        if len(pos) > k:
+            pos = pos[np.argpartition(-score[pos], k - 1)[:k]]
+        return sorted(pos.tolist())
+
+    rng = np.random.default_rng(5)
+    for trial in range(40):
+        n = int(rng.integers(3000, 40000))
+        score = rng.normal(size=n) * 10.0 ** int(rng.integers(-3, 6))
+        if trial % 4 == 1:
+            score = np.round(score, 1)  # many ties
+        if trial % 4 == 2:
+            score[rng.integers(0, n, 50)] = np.nan
+        if trial % 4 == 3:
+            score = -np.abs(score)  # nothing positive
+            score[rng.integers(0, n, 3)] = 1.0
+        got = sorted(_top_rows(score, 10))
+        if trial % 4 == 1:  # tied at the 10th: the same scores, if not the same rows
+            assert sorted(score[got].tolist()) == sorted(score[plain(score, 10)].tolist())
+        else:
+            assert got == plain(score, 10)
