@@ -38,8 +38,14 @@ from streams.margin.reference import MarginConfig  # noqa: E402
 
 def load_old(path: str):
     """The old module as ``streams.margin._stress_old`` (its relative imports resolve in the
-    current package: numbers, reference)."""
-    spec = importlib.util.spec_from_file_location("streams.margin._stress_old", path)
+    current package: numbers, reference). ``path``: one file, or a package directory (e.g.
+    ``/tmp/stress_base/streams/margin/stress`` from a ``git archive``)."""
+    p = Path(path)
+    if p.is_dir():  # a package: its __init__ with its own directory for the submodules
+        spec = importlib.util.spec_from_file_location("streams.margin._stress_old", p / "__init__.py",
+                                                      submodule_search_locations=[str(p)])
+    else:
+        spec = importlib.util.spec_from_file_location("streams.margin._stress_old", path)
     mod = importlib.util.module_from_spec(spec)
     sys.modules[spec.name] = mod
     spec.loader.exec_module(mod)
@@ -48,7 +54,7 @@ def load_old(path: str):
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--old", required=True, help="a previous streams/margin/stress.py (one file)")
+    ap.add_argument("--old", required=True, help="a previous streams/margin/stress.py (one file) or stress/ package directory")
     ap.add_argument("--accounts", type=int, default=100_000)
     ap.add_argument("--positions", type=int, default=1_000_000)
     ap.add_argument("--pairs", type=int, default=7)
