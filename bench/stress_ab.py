@@ -58,7 +58,7 @@ def main(argv=None) -> int:
     ap.add_argument("--accounts", type=int, default=100_000)
     ap.add_argument("--positions", type=int, default=1_000_000)
     ap.add_argument("--pairs", type=int, default=7)
-    ap.add_argument("--cascade", action="store_true", help="also the cascade (-4 %, depth 1e10, 10 rounds)")
+    ap.add_argument("--cascade", action="store_true", help="also the cascade (-4 %%, depth 1e10, 10 rounds)")
     args = ap.parse_args(argv)
     old = load_old(args.old)
     gc.disable()
