@@ -75,7 +75,7 @@ class CommittedChangelogStore(memory.Store):
         except Exception as exc:  # recovery the slow way is still correct
             log.warning("end offsets of %s not available (%r): faust recovers them from the changelog", topic, exc)
             return
-        self.held = {TP(tp.topic, tp.partition): int(end) - 1 for tp, end in ends.items() if end is not None}
+        self.held = {tp: int(end) - 1 for tp, end in ends.items() if end is not None}
 
     def persisted_offset(self, tp: TP) -> Optional[int]:
         """Last changelog offset held: the partition's end when it was assigned (None: unknown)."""
