@@ -9,7 +9,7 @@
 #
 # Variables: PYTHON (interpreter that creates .venv), PYTEST_ARGS (extra pytest
 # arguments), MW_KAFKA_PORT / MW_KAFKA_CONTROLLER_PORT / MW_CACHE_DIR (see
-# streams/kafka_local.py), KAFKA_DOWN=always (make test also stops a broker that
+# streams/kafka_local/), KAFKA_DOWN=always (make test also stops a broker that
 # was already running before it; by default such a broker is left alone).
 
 SHELL := /bin/bash

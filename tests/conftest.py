@@ -1,4 +1,4 @@
-"""Project-wide fixtures: the local Kafka broker (see streams/kafka_local.py)."""
+"""Project-wide fixtures: the local Kafka broker (see streams/kafka_local/)."""
 
 from __future__ import annotations
 
