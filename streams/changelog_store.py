@@ -19,7 +19,8 @@ until the stall watchdog's busy limit.
 
 So this store keeps nothing and reports that it already holds each changelog
 partition it is assigned up to that partition's last offset (its end offset,
-read_uncommitted, minus one; queried when the partitions are assigned): faust's
+read_uncommitted, minus one; queried when the partitions are assigned,
+one query per rebalance for all the tables): faust's
 recovery finds nothing remaining, positions the changelog partitions at their
 end and resumes the streams at once. (An offset past the end was tried: the
 consumer then fetched the changelog partitions, reset them, and faust's
@@ -66,16 +67,13 @@ class CommittedChangelogStore(memory.Store):
                            generation_id: int = 0) -> None:
         """Remember the last offset of each changelog partition of this table now assigned."""
         topic = self.table.changelog_topic.get_topic_name()
-        tps = sorted(tp for tp in assigned if tp.topic == topic)
         self.held = {}
-        if not tps or _end_offsets is None:
+        if _end_offsets is None or not any(tp.topic == topic for tp in assigned):
             return
-        try:
-            ends = await asyncio.wait_for(_end_offsets(tps), END_OFFSETS_TIMEOUT_S)
-        except Exception as exc:  # recovery the slow way is still correct
-            log.warning("end offsets of %s not available (%r): faust recovers them from the changelog", topic, exc)
+        ends = await _changelog_end_offsets(self.table.app, assigned, generation_id)
+        if ends is None:
             return
-        self.held = {tp: int(end) - 1 for tp, end in ends.items() if end is not None}
+        self.held = {tp: int(end) - 1 for tp, end in ends.items() if tp.topic == topic and end is not None}
 
     def persisted_offset(self, tp: TP) -> Optional[int]:
         """Last changelog offset held: the partition's end when it was assigned (None: unknown)."""
@@ -98,13 +96,39 @@ class CommittedChangelogStore(memory.Store):
         self.dropped_writes += 1
 
 
+#: (app id, generation, changelog partitions) -> their end offsets (None: not available)
+_last_answer: Optional[tuple[tuple, Optional[dict]]] = None
+
+
+async def _changelog_end_offsets(app: Any, assigned: Set[TP], generation_id: int) -> Optional[dict]:
+    """End offsets of every assigned changelog partition of the app's tables, once per rebalance.
+
+    faust hands each table the same assignment, one table after the other; the
+    first asks the broker for all of them, the others take its answer.
+    """
+    global _last_answer
+    topics = {table.changelog_topic.get_topic_name() for table in app.tables.values()}
+    tps = sorted(tp for tp in assigned if tp.topic in topics)
+    key = (id(app), generation_id, frozenset(tps))
+    if _last_answer is not None and _last_answer[0] == key:
+        return _last_answer[1]
+    try:
+        ends: Optional[dict] = dict(await asyncio.wait_for(_end_offsets(tps), END_OFFSETS_TIMEOUT_S))
+    except Exception as exc:  # recovery the slow way is still correct
+        log.warning("end offsets of the changelog partitions not available (%r): faust recovers them "
+                    "from the changelog", exc)
+        ends = None
+    _last_answer = (key, ends)
+    return ends
+
+
 def register(end_offsets: Optional[EndOffsets] = None) -> str:
     """Make ``changelog://`` a faust store scheme; returns the URL to pass as ``store=``.
 
     ``end_offsets(tps)`` returns the end offset of each changelog partition
     (the next offset to be written); without it every partition is recovered.
     """
-    global _end_offsets
-    _end_offsets = end_offsets
+    global _end_offsets, _last_answer
+    _end_offsets, _last_answer = end_offsets, None
     STORES.aliases[SCHEME] = f"{__name__}:CommittedChangelogStore"
     return f"{SCHEME}://committed"  # a bare "changelog://" is a falsy URL, which faust ignores

@@ -72,6 +72,42 @@ def test_tables_use_the_changelog_store_so_faust_recovery_reads_nothing(tmp_path
     assert mapp.app.conf.recovery_consistency_check is False
 
 
+
+def test_one_end_offsets_query_per_rebalance_serves_both_tables(tmp_path):
+    import asyncio
+
+    from faust.types import TP
+
+    from streams import changelog_store
+
+    settings = Settings.from_env({"MW_BROKER": "kafka://127.0.0.1:1", "MW_APP_ID": "cfg-shared",
+                                  "MW_DATA_DIR": str(tmp_path)})
+    mapp = create_app(settings)
+    asked = []
+
+    async def fake_end_offsets(tps):
+        asked.append(sorted(tps))
+        return {tp: 100 * (tp.topic == acc_topic) + tp.partition + 1 for tp in tps}
+
+    changelog_store.register(fake_end_offsets)
+    acc_topic = mapp.accounts.changelog_topic.get_topic_name()
+    seen_topic = mapp.seen.changelog_topic.get_topic_name()
+    assigned = {TP(acc_topic, 0), TP(acc_topic, 2), TP(seen_topic, 0), TP(seen_topic, 2),
+                TP("cfg-shared-sequenced", 0)}
+
+    async def rebalance(generation):
+        for table in (mapp.accounts, mapp.seen):  # faust's TableManager: one table after the other
+            await table.data.on_rebalance(assigned, set(), assigned, generation)
+
+    asyncio.run(rebalance(7))
+    assert len(asked) == 1 and len(asked[0]) == 4  # the changelog partitions of both tables, once
+    assert mapp.accounts.persisted_offset(TP(acc_topic, 2)) == 102
+    assert mapp.seen.persisted_offset(TP(seen_topic, 2)) == 2
+    assert mapp.seen.persisted_offset(TP(acc_topic, 2)) is None  # another table's partition
+    asyncio.run(rebalance(8))  # the next rebalance asks again, even for the same partitions
+    assert len(asked) == 2
+
+
 def test_memory_store_still_selectable(tmp_path):
     settings = Settings.from_env({"MW_BROKER": "kafka://127.0.0.1:1", "MW_APP_ID": "cfg-mem",
                                   "MW_DATA_DIR": str(tmp_path), "MW_STORE": "memory://"})
