@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import math
 from decimal import Decimal
-from functools import lru_cache
 from typing import TYPE_CHECKING
 
 from .kernels import ratio_of
@@ -45,13 +44,6 @@ def fmt_sig_float(x: float | None) -> str | None:
     else:
         text = digits[:p] + "." + digits[p:]
     return "-" + text if neg else text
-
-
-@lru_cache(maxsize=1 << 16)
-def _fmt_dec(d: Decimal) -> str:
-    # fmt_decimal depends on the value only (trailing zeros are stripped), so equal
-    # Decimals may share an entry
-    return fmt_decimal(d)
 
 
 class StatusBuilder:
@@ -164,15 +156,15 @@ class StatusBuilder:
             mark = col.mark if not math.isnan(col.mark) else float(col.lastp[slot])
             entry = {
                 "symbol": symbol,
-                "qty": _fmt_dec(pos.qty),
-                "entry_price": _fmt_dec(pos.entry),
+                "qty": fmt_decimal(pos.qty),
+                "entry_price": fmt_decimal(pos.entry),
                 "mark_price": fmt_sig_float(mark),
                 "notional": fmt_sig_float(n),
                 "unrealized_pnl": fmt_sig_float(float(col.upnl[slot])),
                 "maintenance_margin": fmt_sig_float(float(col.mm[slot])),
                 "margin_mode": pos.margin_mode,
                 "liquidation_price": fmt_sig_float(self._liq_price(r, pos, col, slot, mark, nets, values, mm, priced_by)),
-                "isolated_margin": _fmt_dec(pos.isolated_margin),
+                "isolated_margin": fmt_decimal(pos.isolated_margin),
             }
             if pos.isolated:
                 state = STATES[int(col.iso_state[slot])]
@@ -189,7 +181,7 @@ class StatusBuilder:
             "initial_margin": fmt_sig_float(im),
             "free_collateral": fmt_sig_float(equity - im),
             "currency": eng.cfg.valuation_currency,
-            "balances": {a: _fmt_dec(v) for a, v in sorted(book.balances.items())},
+            "balances": {a: fmt_decimal(v) for a, v in sorted(book.balances.items())},
             "unpriced_assets": unpriced,
             "positions": positions,
         }
