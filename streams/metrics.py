@@ -21,6 +21,7 @@ Metrics (name ``{labels}`` — meaning):
 - ``marginwatch_liquidation_episodes_total`` — scopes that entered liquidation (episodes started).
 - ``marginwatch_positions`` — open positions held by this worker.
 - ``marginwatch_accounts_held`` — accounts held by this worker.
+- ``marginwatch_remembered_input_ids`` — input ids (fills, collateral, snapshots) this worker remembers to tell redeliveries from new events; the state that grows with input (the contract keeps them ≥ 100,000 per account or 24 h).
 - ``marginwatch_mark_price_age_seconds{symbol}`` — wall-clock seconds since a mark tick of the symbol was last applied; computed at scrape time, keeps growing when no tick arrives.
 - ``marginwatch_mark_price_last_timestamp_seconds{symbol}`` — event time (ts) of the last applied mark tick of the symbol, Unix seconds.
 - ``marginwatch_consumer_lag_messages{topic, partition}`` — messages between the consumer position and the high watermark: topic ``sequenced`` for the margin agent's ordered log (high watermark − last processed offset − 1), the contract's input topic names for the sequencer.
@@ -201,6 +202,7 @@ class Metrics:
     liquidation_episodes: Counter
     positions: Gauge
     accounts_held: Gauge
+    remembered_ids: Gauge
     table_recovery_duration: Gauge
     recovering: Gauge
     rebalances: Counter
@@ -357,10 +359,12 @@ class Metrics:
             for state in STATES:
                 self.isolated_positions.labels(state).set(isolated_positions.get(state, 0))
 
-    def set_held(self, accounts: int, positions: int) -> None:
-        """Set the accounts and open positions held by this worker."""
+    def set_held(self, accounts: int, positions: int, remembered_ids: int | None = None) -> None:
+        """Set the accounts, open positions and (if given) remembered input ids held by this worker."""
         self.accounts_held.set(accounts)
         self.positions.set(positions)
+        if remembered_ids is not None:
+            self.remembered_ids.set(remembered_ids)
 
     # ------------------------------------------------------- recovery, group
     def recovery_started(self) -> None:
@@ -449,6 +453,10 @@ def create_metrics(registry: CollectorRegistry, *, clock: Clock = time.time) -> 
         ),
         positions=Gauge(PREFIX + "positions", "Open positions held by this worker.", registry=r),
         accounts_held=Gauge(PREFIX + "accounts_held", "Accounts held by this worker.", registry=r),
+        remembered_ids=Gauge(
+            PREFIX + "remembered_input_ids",
+            "Input ids (fills, collateral, snapshots) remembered by this worker to detect redeliveries.", registry=r,
+        ),
         table_recovery_duration=Gauge(
             PREFIX + "table_recovery_duration_seconds", "Duration of the last completed table recovery, seconds.",
             registry=r,

@@ -531,6 +531,7 @@ def attach_margin_agent(mapp) -> None:
             isolated = dict.fromkeys(STATES, 0)
             positions = 0
             accounts = 0
+            ids = 0
             for p, proc in list(mapp.processors.items()):
                 for k, v in records.state_counts(proc.engine).items():
                     counts[k] += v
@@ -538,7 +539,8 @@ def attach_margin_agent(mapp) -> None:
                     isolated[k] += v
                 accounts += len(proc.engine.accounts)
                 positions += sum(len(s.book.positions) for s in proc.engine.accounts.values())
+                ids += len(proc.engine.seen)
             metrics.set_account_states(counts, isolated)
-            metrics.set_held(accounts, positions)
+            metrics.set_held(accounts, positions, ids)
         except Exception:
             log.exception("refreshing the state gauges failed")

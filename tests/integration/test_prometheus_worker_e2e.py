@@ -162,6 +162,12 @@ def test_prometheus_scraping_a_live_worker_agrees_with_replay(kafka_bootstrap, u
             recovering = prom.query_value(f"marginwatch_recovering{sel}")
             recovery_s = prom.query_value(f"marginwatch_table_recovery_duration_seconds{sel}")
             rebalances = prom.query_value(f"marginwatch_rebalances_total{sel}")
+            applied_account_events = prom.query_value(
+                f'sum(marginwatch_input_messages_total{{job="{JOB}", outcome="applied", '
+                f'topic=~"fills|collateral|account-snapshots"}})')
+            # a 5 s gauge: wait for the refresh after the last input
+            remembered = prom.wait_for(f"marginwatch_remembered_input_ids{sel}",
+                                       lambda v: v == applied_account_events, timeout=30)
             rules = prom.rules()
 
         print(f"\nprocessed {len(phased)} inputs ({want_sequenced} sequenced records) in {processed_in:.1f}s")
@@ -173,7 +179,7 @@ def test_prometheus_scraping_a_live_worker_agrees_with_replay(kafka_bootstrap, u
         print(f"outputs by topic:    prometheus {dict(sorted(got_outputs.items()))}  replay {dict(sorted(want_outputs.items()))}")
         print(f"dead letters:        prometheus {dict(sorted(got_dead.items()))}  replay {dict(sorted(want_dead.items()))}")
         print(f"recovering {recovering}, last table recovery {recovery_s:.3f}s, rebalances {rebalances:.0f}, "
-              f"accounts held {held:.0f}")
+              f"accounts held {held:.0f}, remembered ids {remembered:.0f}")
 
         assert got_inputs == want_sequenced
         assert got_forwarded == len(phased)
@@ -189,6 +195,8 @@ def test_prometheus_scraping_a_live_worker_agrees_with_replay(kafka_bootstrap, u
         assert got_states == held
         assert recovering == 0 and recovery_s is not None and recovery_s > 0
         assert rebalances >= 1
+        # every applied account event leaves exactly its id behind (the state that grows with input)
+        assert remembered == applied_account_events > 0, (remembered, applied_account_events)
         assert all(rule["health"] in {"ok", "unknown"} for rule in rules), rules
     finally:
         worker.stop()

@@ -296,6 +296,9 @@ def test_transitions_liquidations_batches_states_and_recovery():
     m.set_held(accounts=11, positions=25)
     assert sample(m, "marginwatch_accounts_held") == 11
     assert sample(m, "marginwatch_positions") == 25
+    assert sample(m, "marginwatch_remembered_input_ids") == 0
+    m.set_held(accounts=11, positions=25, remembered_ids=4096)
+    assert sample(m, "marginwatch_remembered_input_ids") == 4096
 
     m.recovery_started()
     assert sample(m, "marginwatch_recovering") == 1
