@@ -14,7 +14,8 @@ so event times are live) producing ``--rate`` events/s with a market crash every
   worker's ``marginwatch_decision_latency_seconds`` histogram (all outputs;
   interpolated within buckets like ``histogram_quantile``),
 - inputs handled (rate over the interval), outputs, consumer lag of the sequenced
-  partitions, accounts held, open positions.
+  partitions, accounts held, open positions, remembered input ids
+  (``marginwatch_remembered_input_ids``).
 
 At the end: a table, a JSON document (stdout, and ``--json``), and a verdict on
 growth, from a least-squares line through the samples of the second half (after
@@ -25,7 +26,10 @@ line by more than 50 %, or the lag keeps rising. Note that remembered input ids 
 state by contract (≥ 100,000 per account or 24 h of event time): with a live clock
 and fresh ids, the seen-ids table grows linearly with the fills and collateral
 events, and so does memory, slowly; the verdict reports the slope so this can be
-told apart from a leak (compare with ``--rate``).
+told apart from a leak: the verdict also fits the remembered ids, prices them at
+the bytes per id the engine keeps for the simulator's own ids (measured in this
+process before the run: the seen dict's table, keys and fingerprints over its
+length), and flags RSS growth beyond that state ("net").
 
 Topics and groups of the run are deleted at the end (``--keep-topics`` keeps them).
 """
@@ -100,6 +104,33 @@ def quantile(q: float, buckets: dict[float, float]) -> float | None:
     return lower
 
 
+def remembered_id_bytes(seed: int, accounts: int, events: int = 6000) -> float:
+    """Bytes the engine keeps per remembered input id, for the simulator's ids.
+
+    Folds the first ``events`` simulated inputs through one partition engine and
+    divides the size of its seen-ids dict (table, keys, fingerprints, each
+    rounded up to pymalloc's 16-byte size classes) by its length.
+    """
+    import orjson
+
+    from streams.pipeline import PartitionProcessor, new_engine
+    from streams.settings import Settings
+    from streams.sim.market import SimConfig, generate
+
+    engine = new_engine(Settings.from_env({}))
+    proc = PartitionProcessor(engine, 0)
+    for offset, env in enumerate(generate(SimConfig(seed=seed, accounts=accounts, events=events))):
+        value = env["value"]
+        value = value.encode() if isinstance(value, str) else orjson.dumps(value)
+        proc.process(env["topic"], None if env.get("key") is None else env["key"].encode(), value, offset)
+        engine.take_dirty()
+    seen = engine.seen
+    if not seen:
+        return 0.0
+    size16 = lambda o: -(-sys.getsizeof(o) // 16) * 16  # noqa: E731
+    return (sys.getsizeof(seen) + sum(size16(k) + size16(v) for k, v in seen.items())) / len(seen)
+
+
 def linfit(xs: list[float], ys: list[float]) -> tuple[float, float]:
     """(slope, intercept) of the least-squares line."""
     n = len(xs)
@@ -131,7 +162,7 @@ async def delete_run(bootstrap: str, prefix: str, app_id: str) -> int:
         await admin.close()
 
 
-def verdict(samples: list[dict], rss_tolerance: float) -> dict:
+def verdict(samples: list[dict], rss_tolerance: float, id_bytes: float = 0.0) -> dict:
     half = samples[len(samples) // 2:] if len(samples) >= 4 else samples
     xs = [s["minute"] for s in half]
     span = (xs[-1] - xs[0]) if len(xs) > 1 else 0.0
@@ -141,11 +172,20 @@ def verdict(samples: list[dict], rss_tolerance: float) -> dict:
         slope, _ = linfit(xs, rss)
         mean = sum(rss) / len(rss)
         growth = slope * span
+        ids = [s.get("remembered_ids") for s in half]
+        ids_slope = linfit(xs, ids)[0] if all(v is not None for v in ids) else 0.0
+        ids_mib = ids_slope * id_bytes / 2**20  # MiB/min the contract's remembered ids account for
+        net = (slope - ids_mib) * span
         out["rss"] = {"slope_mib_per_min": round(slope, 3), "mean_mib": round(mean, 1),
                       "growth_over_window_mib": round(growth, 1),
                       "growth_over_window_pct": round(100 * growth / mean, 2) if mean else None,
                       "projected_mib_per_hour": round(slope * 60, 1),
-                      "grows": growth > rss_tolerance * mean}
+                      "remembered_ids_per_min": round(ids_slope, 1), "bytes_per_id": round(id_bytes),
+                      "remembered_ids_mib_per_min": round(ids_mib, 3),
+                      "net_slope_mib_per_min": round(slope - ids_mib, 3),
+                      "net_growth_over_window_mib": round(net, 1),
+                      "net_growth_over_window_pct": round(100 * net / mean, 2) if mean else None,
+                      "grows": net > rss_tolerance * mean}
     p99 = [(s["minute"], s["p99_ms"]) for s in half if s["p99_ms"] is not None]
     if len(p99) >= 2:
         slope, _ = linfit([m for m, _ in p99], [v for _, v in p99])
@@ -164,6 +204,7 @@ def verdict(samples: list[dict], rss_tolerance: float) -> dict:
         ("GROWTH: " if out["growth"] else "no growth: ")
         + "; ".join(
             f"{k} {v.get('slope_mib_per_min', v.get('slope_ms_per_min', v.get('slope_msgs_per_min')))}/min"
+            + (f" (net of remembered ids {v['net_slope_mib_per_min']}/min)" if "net_slope_mib_per_min" in v else "")
             + (" (grows)" if v.get("grows") else "")
             for k, v in out.items() if isinstance(v, dict)
         )
@@ -187,6 +228,8 @@ def main(argv=None) -> int:
     ap.add_argument("--keep-topics", action="store_true")
     args = ap.parse_args(argv)
 
+    id_bytes = remembered_id_bytes(args.seed, args.accounts)
+    log(f"the engine keeps {id_bytes:.0f} bytes per remembered id of the simulator (measured in-process)")
     run = uuid.uuid4().hex[:8]
     prefix, app_id = f"soak{run}.", f"soak{run}.mw"
     tmp = Path(tempfile.mkdtemp(prefix=f"soak-{run}-"))
@@ -218,7 +261,7 @@ def main(argv=None) -> int:
         prev = scrape_metrics(port)
         prev_t = t0
         header = (f"{'min':>5} {'rss MiB':>8} {'seq in/s':>9} {'outputs':>8} {'p50 ms':>8} {'p99 ms':>8} "
-                  f"{'lag':>6} {'accounts':>8} {'positions':>9}")
+                  f"{'lag':>6} {'accounts':>8} {'positions':>9} {'ids':>8}")
         print(header, flush=True)
         next_at = t0 + args.sample_s
         while True:
@@ -243,12 +286,13 @@ def main(argv=None) -> int:
                                if k.startswith("marginwatch_consumer_lag_messages{") and 'topic="sequenced"' in k)),
                 "accounts": int(total(cur, "marginwatch_accounts_held")),
                 "positions": int(total(cur, "marginwatch_positions")),
+                "remembered_ids": int(total(cur, "marginwatch_remembered_input_ids")),
             }
             samples.append(s)
             fmt = lambda v: "-" if v is None else f"{v:,.1f}"  # noqa: E731
             print(f"{s['minute']:>5.1f} {fmt(s['rss_mib']):>8} {s['inputs_per_s']:>9,.1f} {s['outputs']:>8,} "
                   f"{fmt(s['p50_ms']):>8} {fmt(s['p99_ms']):>8} {s['lag']:>6,} {s['accounts']:>8,} "
-                  f"{s['positions']:>9,}", flush=True)
+                  f"{s['positions']:>9,} {s['remembered_ids']:>8,}", flush=True)
             prev, prev_t = cur, now
             next_at += args.sample_s
             if now - t0 >= duration_s - 1:
@@ -271,7 +315,8 @@ def main(argv=None) -> int:
     result = {
         "config": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
         "run": run, "logs": str(tmp), "samples": samples,
-        "verdict": verdict(samples, args.rss_tolerance) if samples else None,
+        "bytes_per_remembered_id": round(id_bytes),
+        "verdict": verdict(samples, args.rss_tolerance, id_bytes) if samples else None,
     }
     text = json.dumps(result, indent=2)
     print(text)
