@@ -51,6 +51,7 @@ SETTINGS_DOC: dict[str, tuple[str, str]] = {
     "kafka_sasl_username": ("", "SASL user name."),
     "kafka_sasl_password": ("", "SASL password (secret; never logged)."),
     "kafka_ssl_cafile": ("", "CA bundle for TLS to the broker."),
+    "malloc_mmap_threshold": ("131072", "C heap: allocations of at least this many bytes are mmap'ed and returned to the OS when freed (glibc mallopt M_MMAP_THRESHOLD, fixed; glibc otherwise raises it as buffers are freed, and the heap grew with freed Kafka buffers); 0 = glibc's dynamic default."),
     "log_level": ("info", "Log level."),
     "data_dir": (".cache/worker", "Directory for the worker's local data (RocksDB, faust data)."),
 }
@@ -94,6 +95,7 @@ class Settings:
     kafka_sasl_username: str
     kafka_sasl_password: str = field(repr=False)  # secret: not in repr()
     kafka_ssl_cafile: str
+    malloc_mmap_threshold: int
     log_level: str
     data_dir: str
 
@@ -126,6 +128,8 @@ class Settings:
             raise ConfigError("MW_STATUS_RATIO_STEP must be >= 0", "status_ratio_step")
         if self.partitions < 1:
             raise ConfigError("MW_PARTITIONS must be >= 1", "partitions")
+        if not (0 <= self.malloc_mmap_threshold <= 32 * 1024 * 1024):
+            raise ConfigError("MW_MALLOC_MMAP_THRESHOLD must be between 0 and 33554432 (32 MiB)", "malloc_mmap_threshold")
         if not self.store.startswith(("changelog://", "memory://", "rocksdb://")):
             raise ConfigError(f"MW_STORE must be changelog://, memory:// or rocksdb://, got {self.store!r}", "store")
         self._validate_kafka_security()

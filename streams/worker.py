@@ -187,6 +187,10 @@ def run_worker(args) -> int:
     loglevel = (getattr(args, "loglevel", None) or settings.log_level).upper()
     logging.basicConfig(level=loglevel, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     log.info("settings: %s", settings.describe())
+    from .heap import pin_mmap_threshold
+
+    if pin_mmap_threshold(settings.malloc_mmap_threshold):
+        log.info("C heap: allocations >= %d bytes are mmap'ed (fixed threshold)", settings.malloc_mmap_threshold)
     asyncio.run(ensure_topics(settings))
     from .agents.ordering import commit_baseline
 
