@@ -156,6 +156,24 @@ def commit_before_revoke(consumer) -> None:
     consumer.on_partitions_revoked = on_partitions_revoked
 
 
+async def trim_heap_every(interval_s: float) -> None:
+    """Return the C heap's free space to the OS every ``interval_s`` (off the event loop)."""
+    from .heap import heap_trimmer
+
+    trim = heap_trimmer() if interval_s > 0 else None
+    if trim is None:
+        log.info("C heap trimming off (%s)", "MW_MALLOC_TRIM_INTERVAL_S=0" if interval_s <= 0 else "not glibc")
+        return
+    while True:
+        await asyncio.sleep(interval_s)
+        try:
+            released, seconds = await asyncio.to_thread(trim)
+        except Exception:  # memory housekeeping must never stop the worker
+            log.exception("C heap trim failed")
+            continue
+        (log.warning if seconds > 0.1 else log.debug)("C heap trim: released=%s in %.1f ms", released, seconds * 1000)
+
+
 def _quiet_worker_class():
     import faust
 
@@ -187,10 +205,6 @@ def run_worker(args) -> int:
     loglevel = (getattr(args, "loglevel", None) or settings.log_level).upper()
     logging.basicConfig(level=loglevel, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     log.info("settings: %s", settings.describe())
-    from .heap import pin_mmap_threshold
-
-    if pin_mmap_threshold(settings.malloc_mmap_threshold):
-        log.info("C heap: allocations >= %d bytes are mmap'ed (fixed threshold)", settings.malloc_mmap_threshold)
     asyncio.run(ensure_topics(settings))
     from .agents.ordering import commit_baseline
 
@@ -236,6 +250,10 @@ def run_worker(args) -> int:
             log.warning("stall watchdog: disabled (MW_STALL_TIMEOUT_S=%g)", settings.stall_timeout_s)
             return
         start_watchdog(StallWatchdog(settings.stall_timeout_s, mapp.health.probe, clock=mapp.metrics.clock))
+
+    @app.task
+    async def heap_trim():  # glibc keeps freed buffers resident (streams/heap.py)
+        await trim_heap_every(settings.malloc_trim_interval_s)
 
     @app.on_after_configured.connect
     def _noop(app_, **kwargs):  # keep faust's configuration hook quiet

@@ -1,9 +1,9 @@
-"""streams/heap.py: the worker's fixed glibc mmap threshold.
+"""streams/heap.py: returning the free space inside glibc's heap to the OS.
 
-mallopt is process-wide and cannot be undone, so each case runs in a fresh
-interpreter. The probe frees a 4 MiB mmap'ed buffer (glibc's dynamic threshold
-then rises to 4 MiB) and counts how many of four 512 KiB buffers are mmap'ed
-(``mallinfo2().hblks``): all four with the threshold pinned, none without.
+Runs in a fresh interpreter: 96 MiB of 64 KiB buffers (below glibc's mmap
+threshold, so from the heap) are allocated, all but the last are freed (the last
+one pins the top of the heap, so glibc's own trimming of the top cannot release
+anything), and the resident set is read before and after the trim.
 """
 from __future__ import annotations
 
@@ -18,37 +18,58 @@ from streams import heap
 ROOT = Path(__file__).resolve().parents[2]
 
 PROBE = """
-import ctypes, sys
-from streams.heap import pin_mmap_threshold
+import sys
+from streams.heap import heap_trimmer
 
-class MallInfo2(ctypes.Structure):
-    _fields_ = [(n, ctypes.c_size_t) for n in
-                ("arena", "ordblks", "smblks", "hblks", "hblkhd", "usmblks", "fsmblks", "uordblks", "fordblks", "keepcost")]
+def rss_mib():
+    for line in open("/proc/self/status"):
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
 
-libc = ctypes.CDLL("libc.so.6")
-libc.mallinfo2.restype = MallInfo2
-if sys.argv[1] == "pin":
-    assert pin_mmap_threshold(128 * 1024)
-big = bytearray(4 << 20)
-del big
-before = libc.mallinfo2().hblks
-bufs = [bytearray(512 << 10) for _ in range(4)]
-print(libc.mallinfo2().hblks - before)
+bufs = [bytearray(b"x" * (64 << 10)) for _ in range(96 * 16)]
+top = bufs[-1]
+del bufs[:-1]
+before = rss_mib()
+released, seconds = heap_trimmer()()
+print(before - rss_mib(), released, seconds)
 """
 
 
-def _mmapped_buffers(mode: str) -> int:
-    out = subprocess.run([sys.executable, "-c", PROBE, mode], cwd=ROOT, capture_output=True, text=True, timeout=60)
+@pytest.mark.skipif(heap.heap_trimmer() is None, reason="needs glibc")
+def test_trim_returns_the_free_space_inside_the_heap():
+    out = subprocess.run([sys.executable, "-c", PROBE], cwd=ROOT, capture_output=True, text=True, timeout=60)
     assert out.returncode == 0, out.stderr
-    return int(out.stdout.strip())
+    dropped, released, seconds = out.stdout.split()
+    assert released == "True"
+    assert float(dropped) > 64, out.stdout  # of the ~96 MiB freed below the pinned top
+    assert float(seconds) < 1.0
 
 
-@pytest.mark.skipif(heap._glibc() is None or not hasattr(heap._glibc(), "mallinfo2"), reason="needs glibc >= 2.33")
-def test_pinned_threshold_keeps_large_buffers_out_of_the_heap():
-    assert _mmapped_buffers("dynamic") == 0  # glibc raised its threshold past 512 KiB
-    assert _mmapped_buffers("pin") == 4
+@pytest.mark.skipif(heap.heap_trimmer() is None, reason="needs glibc")
+def test_worker_trims_every_interval(caplog):
+    import asyncio
+    import contextlib
+    import logging
+
+    from streams.worker import trim_heap_every
+
+    caplog.set_level(logging.DEBUG, logger="marginwatch.worker")
+
+    async def run_for(seconds):
+        with contextlib.suppress(asyncio.TimeoutError):
+            await asyncio.wait_for(trim_heap_every(0.02), seconds)
+
+    asyncio.run(run_for(0.3))
+    trims = [r for r in caplog.records if r.getMessage().startswith("C heap trim: released=")]
+    assert len(trims) >= 3, [r.getMessage() for r in caplog.records]
 
 
-def test_zero_or_oversized_threshold_leaves_glibc_alone():
-    assert heap.pin_mmap_threshold(0) is False
-    assert heap.pin_mmap_threshold(heap.MAX_MMAP_THRESHOLD + 1) is False
+def test_interval_zero_turns_trimming_off(caplog):
+    import asyncio
+    import logging
+
+    from streams.worker import trim_heap_every
+
+    caplog.set_level(logging.INFO, logger="marginwatch.worker")
+    asyncio.run(asyncio.wait_for(trim_heap_every(0), 1.0))  # returns at once
+    assert any("C heap trimming off (MW_MALLOC_TRIM_INTERVAL_S=0)" in r.getMessage() for r in caplog.records)
