@@ -22,6 +22,7 @@ Metrics (name ``{labels}`` — meaning):
 - ``marginwatch_positions`` — open positions held by this worker.
 - ``marginwatch_accounts_held`` — accounts held by this worker.
 - ``marginwatch_remembered_input_ids`` — input ids (fills, collateral, snapshots) this worker remembers to tell redeliveries from new events; the state that grows with input (the contract keeps them ≥ 100,000 per account or 24 h).
+- ``process_resident_memory_bytes``, ``process_cpu_seconds_total``, ``process_open_fds`` … — prometheus_client's standard process collector (the worker's RSS, CPU, descriptors).
 - ``marginwatch_mark_price_age_seconds{symbol}`` — wall-clock seconds since a mark tick of the symbol was last applied; computed at scrape time, keeps growing when no tick arrives.
 - ``marginwatch_mark_price_last_timestamp_seconds{symbol}`` — event time (ts) of the last applied mark tick of the symbol, Unix seconds.
 - ``marginwatch_consumer_lag_messages{topic, partition}`` — messages between the consumer position and the high watermark: topic ``sequenced`` for the margin agent's ordered log (high watermark − last processed offset − 1), the contract's input topic names for the sequencer.
@@ -61,6 +62,7 @@ from prometheus_client import (
     Counter,
     Gauge,
     Histogram,
+    ProcessCollector,
     disable_created_metrics,
     generate_latest,
 )
@@ -411,6 +413,9 @@ def create_metrics(registry: CollectorRegistry, *, clock: Clock = time.time) -> 
     gives wall-clock seconds for the scrape-time ages and progress timestamps.
     """
     r = registry
+    # process_resident_memory_bytes, process_cpu_seconds_total, open fds: what a memory
+    # or CPU alert of an SRE starts from (read from /proc at scrape time)
+    ProcessCollector(registry=r)
     m = Metrics(
         registry=r,
         clock=clock,
