@@ -5,10 +5,22 @@ from __future__ import annotations
 import asyncio
 import threading
 import time
+from pathlib import Path
 from typing import Any
 
-from .process import _is_kafka_process, _log_tail, _port_open, _read_pid
-from .settings import READY_TIMEOUT_S, KafkaLocalError, bootstrap_servers, default_port, log_path, stdout_path
+from .process import _is_kafka_process, _log_tail, _port_open, _read_pid, _state
+from .settings import (
+    READY_TIMEOUT_S,
+    KafkaLocalError,
+    bootstrap_servers,
+    default_data_dir,
+    default_port,
+    log_path,
+    stdout_path,
+)
+
+#: partition directories above which a slow start is probably the broker loading them
+MANY_PARTITION_DIRS = 1000
 
 
 async def _cluster_brokers(bootstrap: str, timeout: float) -> int:
@@ -77,7 +89,7 @@ def wait_ready(timeout: float = READY_TIMEOUT_S, port: int | None = None, pid: i
         remaining = deadline - time.monotonic()
         if remaining <= 0:
             raise KafkaLocalError(
-                f"Kafka on {bootstrap_servers(port)} not ready after {timeout:.0f}s ({last_error}); "
+                f"Kafka on {bootstrap_servers(port)} not ready after {timeout:.0f}s ({last_error}){_slow_start_hint()}; "
                 f"see {log_path()}\n{_log_tail()}"
             )
         if _port_open(port):
@@ -91,3 +103,21 @@ def wait_ready(timeout: float = READY_TIMEOUT_S, port: int | None = None, pid: i
         else:
             last_error = f"port {port} not open"
         time.sleep(min(0.5, max(deadline - time.monotonic(), 0)))
+
+
+def _slow_start_hint() -> str:
+    """Why a start may take long: a data dir with many partitions (left by test runs) is loaded first.
+
+    Seen here: 3.7 GB of test topics kept the broker from listening within 120 s.
+    """
+    try:
+        data = Path(_state().get("data_dir") or default_data_dir())
+        n = sum(1 for _ in data.iterdir()) if data.is_dir() else 0
+    except OSError:
+        return ""
+    if n < MANY_PARTITION_DIRS:
+        return ""
+    return (f"; {data} holds {n:,} partition directories, which the broker loads before it listens: "
+            f"if the data is throwaway, `make kafka-clean` (after `make kafka-down`) wipes it, "
+            f"or start with a longer `--timeout`")
+
