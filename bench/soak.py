@@ -3,7 +3,8 @@
     .venv/bin/python bench/soak.py [--minutes 30] [--rate 40] [--accounts 200] [--partitions 2]
                                    [--sample-s 60] [--crash-every 120] [--json out.json]
 
-Starts one ``marginwatch worker`` (exactly-once, memory store, its own topic prefix
+Starts one ``marginwatch worker`` (the default settings: exactly-once, the
+``changelog://`` store, heap trimming every 60 s; its own topic prefix
 on the broker at ``MW_KAFKA_PORT``/9092) and ``marginwatch simulate`` (wall clock,
 so event times are live) producing ``--rate`` events/s with a market crash every
 ``--crash-every`` s (margin calls and liquidations keep coming). Every
