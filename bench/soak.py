@@ -112,18 +112,15 @@ def remembered_id_bytes(seed: int, accounts: int, events: int = 6000) -> float:
     divides the size of its seen-ids dict (table, keys, fingerprints, each
     rounded up to pymalloc's 16-byte size classes) by its length.
     """
-    import orjson
-
     from streams.pipeline import PartitionProcessor, new_engine
     from streams.settings import Settings
-    from streams.sim.market import SimConfig, generate
+    from streams.sim.market import SimConfig, envelope_bytes, generate
 
     engine = new_engine(Settings.from_env({}))
     proc = PartitionProcessor(engine, 0)
     for offset, env in enumerate(generate(SimConfig(seed=seed, accounts=accounts, events=events))):
-        value = env["value"]
-        value = value.encode() if isinstance(value, str) else orjson.dumps(value)
-        proc.process(env["topic"], None if env.get("key") is None else env["key"].encode(), value, offset)
+        key, value = envelope_bytes(env)
+        proc.process(env["topic"], key, value, offset)
         engine.take_dirty()
     seen = engine.seen
     if not seen:

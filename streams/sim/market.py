@@ -14,6 +14,8 @@ from dataclasses import dataclass, field
 from decimal import ROUND_DOWN, Decimal
 from typing import Iterator
 
+import orjson
+
 # symbol -> (start price, kind, settle asset, contract size, qty step)
 DEFAULT_SYMBOLS: dict[str, tuple[float, str, str, str, str]] = {
     "BTCUSDT": (60000.0, "linear", "USDT", "1", "0.001"),
@@ -76,6 +78,14 @@ class Market:
         self.price[symbol] *= math.exp(move)
         self.seq[symbol] += 1
         return self.price[symbol]
+
+
+def envelope_bytes(env: dict) -> tuple[bytes | None, bytes]:
+    """An envelope's Kafka key and value as bytes (a str value is sent as it is: hostile inputs)."""
+    v = env["value"]
+    value = v.encode() if isinstance(v, str) else orjson.dumps(v)
+    key = env.get("key")
+    return (None if key is None else key.encode()), value
 
 
 def generate(cfg: SimConfig) -> Iterator[dict]:

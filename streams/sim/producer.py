@@ -39,9 +39,7 @@ from dataclasses import dataclass, field
 from decimal import Decimal
 from typing import Callable, Iterator
 
-import orjson
-
-from .market import DEFAULT_SYMBOLS, Market, SimConfig, _bad, _money, _price, _q
+from .market import DEFAULT_SYMBOLS, Market, SimConfig, _bad, _money, _price, _q, envelope_bytes
 
 #: a crash lasts this many mark events per symbol per crash tick (as in market.generate)
 CRASH_EVENTS_PER_TICK = 2
@@ -319,13 +317,6 @@ def iter_run(opts: RunOptions, elapsed: Callable[[], float] | None = None) -> It
             yield sim.phase.name, envs
 
 
-def _encode(env: dict) -> tuple[bytes | None, bytes]:
-    v = env["value"]
-    value = v.encode() if isinstance(v, str) else orjson.dumps(v)
-    key = env.get("key")
-    return (None if key is None else key.encode()), value
-
-
 async def produce_run(settings, opts: RunOptions, out=sys.stderr) -> RunResult:
     """Produce the run to Kafka (topics ``settings.topic(name)``); returns what was produced."""
     from aiokafka import AIOKafkaProducer
@@ -378,7 +369,7 @@ async def produce_run(settings, opts: RunOptions, out=sys.stderr) -> RunResult:
                 await asyncio.gather(*pending)
                 pending.clear()
             for i, env in enumerate(envs):
-                key, value = _encode(env)
+                key, value = envelope_bytes(env)
                 fut = await producer.send(settings.topic(env["topic"]), value, key=key)
                 produced += 1
                 counts[env["topic"]] += 1

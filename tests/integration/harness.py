@@ -18,6 +18,7 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 
 from streams.replay import replay_lines
 from streams.settings import Settings
+from streams.sim.market import envelope_bytes  # noqa: F401 - the tests import it from here
 from streams.topics import INPUT_TOPICS, OUTPUT_TOPICS, SOURCE_HEADER
 
 REPO = Path(__file__).resolve().parents[2]
@@ -126,12 +127,6 @@ def worker_env(bootstrap: str, prefix: str, partitions: int = 4, **extra: str) -
 
 def settings_for(env: dict) -> Settings:
     return Settings.from_env(env)
-
-
-def envelope_bytes(env: dict) -> tuple[bytes | None, bytes]:
-    v = env["value"]
-    value = v.encode() if isinstance(v, str) else orjson.dumps(v)
-    return (env["key"].encode() if env.get("key") is not None else None), value
 
 
 async def produce(bootstrap: str, prefix: str, envelopes: list[dict]) -> None:
