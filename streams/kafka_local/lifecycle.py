@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any, Mapping
 
 from .jars import JVM_PERFORMANCE_OPTS, _classpath, _java, _tool_cmd, ensure_jars, jars_present, kafka_version
-from .process import _CHILDREN, _LOCK, _is_kafka_process, _port_open, _remove, _state, running_pid
+from .process import _CHILDREN, _LOCK, _is_kafka_process, _port_open, _remove, _state, data_dir_in_use, running_pid
 from .readiness import is_reachable, wait_ready
 from .settings import (
     HOST,
@@ -207,7 +207,7 @@ def clean() -> bool:
     """Delete the data dir (and its state); refuses while the broker runs. True if deleted."""
     if running_pid() is not None:
         raise KafkaLocalError("Kafka is running: stop it first (`python -m streams.kafka_local down`)")
-    data = Path(_state().get("data_dir") or default_data_dir())
+    data = data_dir_in_use()
     _remove(state_file())
     existed = False
     for path in {data, default_data_dir()}:

@@ -13,7 +13,7 @@ import threading
 from pathlib import Path
 from typing import Any
 
-from .settings import HOST, log_path, pid_file, state_file, stdout_path
+from .settings import HOST, default_data_dir, log_path, pid_file, state_file, stdout_path
 
 # Popen objects of brokers started by this process: lets stop() reap its own
 # child (a dead child stays a zombie, and "alive" for os.kill(pid, 0), until
@@ -109,3 +109,8 @@ def _state() -> dict[str, Any]:
         return json.loads(state_file().read_text())
     except (OSError, ValueError):
         return {}
+
+
+def data_dir_in_use() -> Path:
+    """The data dir of the last start (from its state file), else the default one."""
+    return Path(_state().get("data_dir") or default_data_dir())

@@ -5,19 +5,10 @@ from __future__ import annotations
 import asyncio
 import threading
 import time
-from pathlib import Path
 from typing import Any
 
-from .process import _is_kafka_process, _log_tail, _port_open, _read_pid, _state
-from .settings import (
-    READY_TIMEOUT_S,
-    KafkaLocalError,
-    bootstrap_servers,
-    default_data_dir,
-    default_port,
-    log_path,
-    stdout_path,
-)
+from .process import _is_kafka_process, _log_tail, _port_open, _read_pid, data_dir_in_use
+from .settings import READY_TIMEOUT_S, KafkaLocalError, bootstrap_servers, default_port, log_path, stdout_path
 
 #: partition directories above which a slow start is probably the broker loading them
 MANY_PARTITION_DIRS = 1000
@@ -111,7 +102,7 @@ def _slow_start_hint() -> str:
     Seen here: 3.7 GB of test topics kept the broker from listening within 120 s.
     """
     try:
-        data = Path(_state().get("data_dir") or default_data_dir())
+        data = data_dir_in_use()
         n = sum(1 for _ in data.iterdir()) if data.is_dir() else 0
     except OSError:
         return ""
