@@ -309,6 +309,11 @@ def report(name: str, counts: dict, **extra) -> None:
           + ", ".join(f"{k}={counts.get(k, 0)}" for k in keys))
 
 
+def recoveries_logged(worker) -> int:
+    """How many times the worker's log (appended by every incarnation) says its recovery completed."""
+    return worker.log_path.read_text(errors="replace").count("recovery complete in")
+
+
 # ------------------------------------------------------------------ a. crash
 @pytest.mark.timeout(720)
 def test_kill9_at_random_points_outputs_equal_replay(kafka_bootstrap, unique_prefix, tmp_path):
@@ -328,8 +333,12 @@ def test_kill9_at_random_points_outputs_equal_replay(kafka_bootstrap, unique_pre
         feeder.start()
         for point in points:
             at = progress.wait_fraction(point, 180, [worker])
-            # mid-processing: the current incarnation has handled input
-            progress.wait(lambda: worker.inputs_handled() > 0, 90, [worker], "restarted worker handling input")
+            # mid-processing: the current incarnation has finished its recovery (it logs one
+            # "recovery complete" per incarnation; killing it before that line would leave the
+            # count below short) and has handled input
+            incarnation = len(kills) + 1
+            progress.wait(lambda: recoveries_logged(worker) >= incarnation and worker.inputs_handled() > 0,
+                          90, [worker], f"incarnation {incarnation} recovered and handling input")
             worker.kill(signal.SIGKILL)
             kills.append(round(at, 3))
             print(f"[crash] kill -9 at progress {at:.3f} (feeder sent {feeder.sent}/{len(envelopes)}), "
@@ -347,7 +356,7 @@ def test_kill9_at_random_points_outputs_equal_replay(kafka_bootstrap, unique_pre
     # the changelog:// store: no restart re-read the changelog through faust's recovery
     # (it once hung there after a kill -9: "need offset 541, have 540" until the test gave up)
     log = worker.log_path.read_text(errors="replace")
-    assert log.count("recovery complete in") >= len(kills) + 1
+    assert recoveries_logged(worker) >= len(kills) + 1, worker.tail(80)
     assert "Restoring state from changelog topics" not in log, worker.tail(80)
 
 
