@@ -24,13 +24,13 @@ warm-up): RSS slope in MiB/min and the growth it implies over that half relative
 its mean; p99 latency slope; lag slope. Growth is flagged when the RSS line rises
 by more than ``--rss-tolerance`` (5 %) of the mean over the second half, the p99
 line by more than 50 %, or the lag keeps rising. Note that remembered input ids are
-state by contract (≥ 100,000 per account or 24 h of event time): with a live clock
-and fresh ids, the seen-ids table grows linearly with the fills and collateral
-events, and so does memory, slowly; the verdict reports the slope so this can be
-told apart from a leak: the verdict also fits the remembered ids, prices them at
-the bytes per id the engine keeps for the simulator's own ids (measured in this
-process before the run: the seen dict's table, keys and fingerprints over its
-length), and flags RSS growth beyond that state ("net").
+state by contract (24 h of event time per account, ``streams/margin/dedup.py``):
+until a run spans more than a day of event time, the seen-ids table grows linearly
+with the fills and collateral events, and so does memory, slowly; the verdict
+reports the slope so this can be told apart from a leak: the verdict also fits the
+remembered ids, prices them at the bytes per id the engine keeps for the
+simulator's own ids (measured in this process before the run with
+``RememberedIds.memory_bytes``), and flags RSS growth beyond that state ("net").
 
 Topics and groups of the run are deleted at the end (``--keep-topics`` keeps them).
 """
@@ -109,8 +109,8 @@ def remembered_id_bytes(seed: int, accounts: int, events: int = 6000) -> float:
     """Bytes the engine keeps per remembered input id, for the simulator's ids.
 
     Folds the first ``events`` simulated inputs through one partition engine and
-    divides the size of its seen-ids dict (table, keys, fingerprints, each
-    rounded up to pymalloc's 16-byte size classes) by its length.
+    divides the size of its remembered ids (``RememberedIds.memory_bytes``, each
+    object rounded up to pymalloc's 16-byte size classes) by their number.
     """
     from streams.pipeline import PartitionProcessor, new_engine
     from streams.settings import Settings
@@ -126,7 +126,7 @@ def remembered_id_bytes(seed: int, accounts: int, events: int = 6000) -> float:
     if not seen:
         return 0.0
     size16 = lambda o: -(-sys.getsizeof(o) // 16) * 16  # noqa: E731
-    return (sys.getsizeof(seen) + sum(size16(k) + size16(v) for k, v in seen.items())) / len(seen)
+    return seen.memory_bytes(size16) / len(seen)
 
 
 def linfit(xs: list[float], ys: list[float]) -> tuple[float, float]:

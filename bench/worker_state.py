@@ -42,13 +42,13 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer  # noqa: E402
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic  # noqa: E402
 
 import engine as book_bench  # noqa: E402  (bench/engine.py)
+from streams.agents import state_keys  # noqa: E402
 from streams.margin import records  # noqa: E402
+from streams.margin.dedup import encode_value  # noqa: E402
 from streams.pipeline import margin_config  # noqa: E402
 from streams.settings import Settings  # noqa: E402
 from streams.topics import account_partition  # noqa: E402
 from tests.integration.harness import WorkerProcess, wait_up, worker_env  # noqa: E402
-
-SEP = "\x1f"
 
 
 def rss_mib(pid: int) -> dict:
@@ -67,13 +67,15 @@ def build_records(args, settings: Settings) -> tuple[dict, dict, dict]:
     params = orjson.dumps(records.params_record(eng))
     marks = orjson.dumps(records.marks_record(eng))
     for p in range(args.partitions):
-        acc[p].append((f"{p}{SEP}params".encode(), params))
-        acc[p].append((f"{p}{SEP}marks".encode(), marks))
+        acc[p].append((state_keys.global_key(p, state_keys.PARAMS), params))
+        acc[p].append((state_keys.global_key(p, state_keys.MARKS), marks))
+    ts = eng.last_ts
     for account_id in eng.accounts:
         p = account_partition(account_id.encode(), args.partitions)
-        acc[p].append((f"{p}{SEP}{account_id}".encode(), orjson.dumps(records.account_record(eng, account_id))))
+        acc[p].append((state_keys.account_key(p, account_id), orjson.dumps(records.account_record(eng, account_id))))
         for k in range(args.seen_per_account):
-            seen[p].append((f"{p}{SEP}{account_id}{SEP}fills{SEP}{account_id}-f{k}".encode(), b"0123456789abcdef"))
+            key = f"{account_id}{state_keys.SEP}fills{state_keys.SEP}{account_id}-f{k}"
+            seen[p].append((state_keys.seen_key(p, key), encode_value("0123456789abcdef", ts, account_id).encode()))
     mark = float(eng.market.marks[book_bench.TICKED])
     return acc, seen, {"book": info, "mark": mark}
 

@@ -32,23 +32,20 @@ from ..metrics import SEQUENCED_LAG_TOPIC, STATES
 from ..pipeline import DEAD_LETTERS, PartitionProcessor, new_engine, load_seed
 from ..replay import stamp
 from ..topics import SOURCE_HEADER
+from . import state_keys
 from .batching import superseded_ticks, take_batches
 from .sender import BatchSender
 from .ordering import ACCEPT, EXIT_OUT_OF_ORDER, OUT_OF_ORDER, OffsetGuard, committed_offset
 
 log = logging.getLogger(__name__)
-SEP = "\x1f"
 # margin-status bodies deferred by one event above which its decisions are shipped first (ALO)
 EARLY_SHIP_STATUSES = 16
 
 
-def _prefix(partition: int) -> str:
-    return f"{partition}{SEP}"
-
-
-async def read_committed_records(mapp, partition: int) -> dict[bytes, bytes]:
-    """The committed state records of ``partition``: its changelog partitions read
-    from the start up to the last stable offset, latest value per key.
+async def read_committed_records(mapp, partition: int) -> tuple[dict[bytes, bytes], dict[bytes, bytes]]:
+    """The committed state records of ``partition``, (accounts table, seen-ids table):
+    its changelog partitions read from the start up to the last stable offset, latest
+    value per key.
 
     The engine is rebuilt from this rather than from faust's in-memory store:
     what counts is exactly what was committed with the input offsets (under
@@ -69,20 +66,20 @@ async def read_committed_records(mapp, partition: int) -> dict[bytes, bytes]:
         consumer.assign(tps)
         await consumer.seek_to_beginning(*tps)
         end = await consumer.end_offsets(tps)
-        latest: dict[bytes, bytes] = {}
+        latest: dict[str, dict[bytes, bytes]] = {tp.topic: {} for tp in tps}
         pending = {tp for tp in tps if end[tp] > 0}
         while pending:
             batch = await consumer.getmany(*pending, timeout_ms=500)
             for tp, recs in batch.items():
                 for rec in recs:
                     if rec.value is None:
-                        latest.pop(rec.key, None)
+                        latest[tp.topic].pop(rec.key, None)
                     else:
-                        latest[rec.key] = rec.value
+                        latest[tp.topic][rec.key] = rec.value
             for tp in list(pending):
                 if await consumer.position(tp) >= end[tp]:
                     pending.discard(tp)
-        return latest
+        return latest[tps[0].topic], latest[tps[1].topic]
     finally:
         await consumer.stop()
 
@@ -93,20 +90,12 @@ async def build_processor(mapp, partition: int) -> PartitionProcessor:
     if mapp.seed is None:
         mapp.seed = load_seed(mapp.settings.risk_params_file)
     engine = new_engine(mapp.settings, mapp.seed)
-    prefix = _prefix(partition).encode()
-    latest = await read_committed_records(mapp, partition)
-    params = latest.pop(prefix + b"params", None)
-    marks = latest.pop(prefix + b"marks", None)
-    accounts, seen = [], []
-    for key, value in latest.items():
-        if not key.startswith(prefix):
-            continue
-        rest = key[len(prefix):].decode()
-        if SEP in rest:
-            seen.append((rest, value.decode()))
-        else:
-            accounts.append((rest, orjson.loads(value)))
-    accounts.sort()
+    latest, remembered = await read_committed_records(mapp, partition)
+    globals_, by_account = state_keys.split_accounts_table(partition, latest)
+    params = globals_.get(state_keys.PARAMS)
+    marks = globals_.get(state_keys.MARKS)
+    accounts = sorted((a, orjson.loads(value)) for a, value in by_account.items())
+    seen = state_keys.split_seen_table(partition, remembered)
     records.restore(engine, orjson.loads(params) if params else None, orjson.loads(marks) if marks else None,
                     accounts, seen)
     log.info("partition %d: rebuilt %d accounts, %d ids in %.3fs", partition, len(accounts), len(seen),
@@ -124,17 +113,18 @@ def changed_records(mapp, partition: int, proc: PartitionProcessor, state: dict)
     """(table, key, value) of every state record the last event changed."""
     engine = proc.engine
     accounts, seen, globals_changed = engine.take_dirty()
-    prefix = _prefix(partition)
     out = []
     for account_id in sorted(accounts):
-        out.append((mapp.accounts, (prefix + account_id).encode(),
+        out.append((mapp.accounts, state_keys.account_key(partition, account_id),
                     orjson.dumps(records.account_record(engine, account_id))))
-    for key, fp in seen.items():
-        out.append((mapp.seen, (prefix + key).encode(), fp.encode()))
+    for key, value in seen.items():  # None: forgotten (dedup.py), a tombstone
+        out.append((mapp.seen, state_keys.seen_key(partition, key), None if value is None else value.encode()))
     if globals_changed:
-        out.append((mapp.accounts, (prefix + "marks").encode(), orjson.dumps(records.marks_record(engine))))
+        out.append((mapp.accounts, state_keys.global_key(partition, state_keys.MARKS),
+                    orjson.dumps(records.marks_record(engine))))
     if engine.params_version != state.get("params_version"):
-        out.append((mapp.accounts, (prefix + "params").encode(), orjson.dumps(records.params_record(engine))))
+        out.append((mapp.accounts, state_keys.global_key(partition, state_keys.PARAMS),
+                    orjson.dumps(records.params_record(engine))))
         state["params_version"] = engine.params_version
     return out
 

@@ -20,6 +20,7 @@ from decimal import Decimal
 import numpy as np
 
 from .book import AccountBook
+from .dedup import RememberedIds, encode_value
 from .errors import (
     CONFLICTING_DUPLICATE,
     UNKNOWN_ASSET,
@@ -102,12 +103,12 @@ class PartitionEngine:
         self.market = Market(valuation_currency=cfg.valuation_currency)
         self.mark_meta: dict[str, tuple[int, int | None]] = {}  # symbol -> (ts, seq)
         self.accounts: dict[str, AccountState] = {}
-        self.seen: dict[str, str] = {}
+        self.seen = RememberedIds(cfg.id_window_ms)
         self.last_ts = 0
         self.index = ColumnarIndex(cfg.valuation_currency, float(cfg.call_level), float(cfg.recovery_band))
         self.status = StatusBuilder(self)
         self._dirty_accounts: set[str] = set()
-        self._dirty_seen: dict[str, str] = {}
+        self._dirty_seen: dict[str, str | None] = {}  # key -> changelog value, None = forgotten
         self._dirty_globals = False
         self.params_version = 0
         # With defer_status, margin-status bodies (the costly part of a crash tick) are built by
@@ -233,8 +234,7 @@ class PartitionEngine:
         before = {s: (p.qty, p.margin_mode) for s, p in state.book.positions.items()}
         self._apply_to_book(state.book, ev)
         self.accounts[ev.account_id] = state
-        self.seen[seen_key] = fp
-        self._dirty_seen[seen_key] = fp
+        self._remember(ev.account_id, seen_key, fp, ev.ts)
         ts = self._touch_ts(ev.ts)
         row = self.index.row(ev.account_id)
         self._sync_row(row, state)
@@ -526,8 +526,19 @@ class PartitionEngine:
         return Output(topic, account_id, value)
 
     # -- persistence ---------------------------------------------------------------------
-    def take_dirty(self) -> tuple[set[str], dict[str, str], bool]:
-        """Accounts, seen ids and whether the globals changed since the last call."""
+    def _remember(self, account_id: str, seen_key: str, fp: str, ts: int) -> None:
+        forgotten = self.seen.remember(account_id, seen_key, fp, ts)
+        for key in forgotten:
+            self._dirty_seen[key] = None
+        if seen_key in self.seen:
+            self._dirty_seen[seen_key] = encode_value(fp, ts, account_id)
+        else:
+            # outside the window on arrival: never written, so nothing to delete either
+            self._dirty_seen.pop(seen_key, None)
+
+    def take_dirty(self) -> tuple[set[str], dict[str, str | None], bool]:
+        """Accounts, remembered ids (key -> changelog value, None when forgotten) and
+        whether the globals changed since the last call."""
         out = (self._dirty_accounts, self._dirty_seen, self._dirty_globals)
         self._dirty_accounts, self._dirty_seen, self._dirty_globals = set(), {}, False
         return out

@@ -88,6 +88,8 @@ def restore(engine, params_rec: dict | None, marks_rec: dict | None, accounts: I
             seen: Iterable[tuple[str, str]], bulk: bool = True) -> None:
     """Rebuild a fresh engine (seeded or not) from records.
 
+    ``seen`` holds the remembered ids as (key, changelog value) pairs, in any order.
+
     ``bulk`` (the default) mirrors all the books into the index at once
     (``PartitionEngine.sync_rows``: one vectorized pass per symbol); ``bulk=False``
     takes ``_sync_row`` per account. Both give the same arrays, bit for bit.
@@ -145,8 +147,7 @@ def restore(engine, params_rec: dict | None, marks_rec: dict | None, accounts: I
         idx.emit_ts[ra] = [rec["et"] for _, rec, _ in loaded]
         idx.emit_ratio[ra] = [math.nan if rec["er"] is None else float(rec["er"]) for _, rec, _ in loaded]
         idx.book_dirty[ra] = [rec["bd"] for _, rec, _ in loaded]
-    for key, fp in seen:
-        engine.seen[key] = fp
+    engine.seen.restore(seen)
 
 
 def state_counts(engine) -> dict[str, int]:

@@ -33,6 +33,9 @@ class MarginConfig:
     valuation_currency: str = "USDT"
     status_interval_ms: int = 1000
     status_ratio_step: Decimal = Decimal("0.01")
+    # ids are forgotten this much event time after their account's latest one (see dedup.py);
+    # the contract's floor, not a worker setting: replay and worker must forget alike
+    id_window_ms: int = 86_400_000
 
 
 @dataclass

@@ -49,6 +49,7 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient
 
 from streams import kafka_local
+from streams.agents import state_keys
 from streams.margin import records
 from streams.pipeline import PartitionProcessor, new_engine
 from streams.replay import parse_envelope
@@ -73,7 +74,6 @@ from .harness import (
 pytestmark = [pytest.mark.kafka]
 PARTITIONS = 4
 OUTPUTS = ("margin-status", "margin-calls", "liquidations", "dead-letters")
-SEP = "\x1f"
 
 
 def fault_seed() -> int:
@@ -83,6 +83,22 @@ def fault_seed() -> int:
 
 def market(seed: int, accounts: int = 150, events: int = 5000) -> list[dict]:
     return list(generate(SimConfig(seed=seed, accounts=accounts, events=events)))
+
+
+# account ids the state keys must keep apart from the partition globals and the id records
+ODD_ACCOUNTS = ("marks", "params", "desk\x1fcollateral\x1f1")
+
+
+def with_odd_accounts(envelopes: list[dict], at=(0.02, 0.5)) -> list[dict]:
+    """``envelopes`` with deposits of :data:`ODD_ACCOUNTS` inserted at fractions ``at`` of the log."""
+    out = list(envelopes)
+    for n, frac in sorted(enumerate(at), key=lambda x: -x[1]):
+        i = int(len(out) * frac)
+        ts = next(e["value"]["ts"] for e in out[i:] if isinstance(e.get("value"), dict) and "ts" in e["value"])
+        out[i:i] = [{"topic": "collateral", "key": a,
+                     "value": {"event_id": f"odd-{n}", "account_id": a, "asset": "USDT", "amount": "100",
+                               "reason": "deposit", "ts": ts}} for a in ODD_ACCOUNTS]
+    return out
 
 
 # ------------------------------------------------------------------ input feeder
@@ -236,6 +252,7 @@ def verify_against_replay(bootstrap: str, env: dict) -> dict[str, int]:
     seq = asyncio.run(read_topic(bootstrap, sequenced_topic(settings)))
     outputs = asyncio.run(worker_outputs(bootstrap, env["MW_TOPIC_PREFIX"]))
     state = asyncio.run(_latest_values(bootstrap, f"{env['MW_APP_ID']}-accounts-changelog"))
+    remembered = asyncio.run(_latest_values(bootstrap, f"{env['MW_APP_ID']}-seen-ids-changelog"))
     counts: Counter = Counter()
     problems: list[str] = []
     for p in range(PARTITIONS):
@@ -279,11 +296,9 @@ def verify_against_replay(bootstrap: str, env: dict) -> dict[str, int]:
             bad = sorted(a for a in set(last_got) | set(last_want) if last_got.get(a) != last_want.get(a))
             problems.append(f"partition {p}: last margin-status differs for {len(bad)} accounts, e.g. {bad[:3]}")
         engine = proc.engine
-        prefix = f"{p}{SEP}".encode()
-        committed = {k[len(prefix):].decode(): orjson.loads(v) for k, v in state.items()
-                     if k.startswith(prefix) and SEP.encode() not in k[len(prefix):]}
-        committed.pop("params", None)
-        marks = committed.pop("marks", None)
+        globals_, by_account = state_keys.split_accounts_table(p, state)
+        committed = {a: orjson.loads(v) for a, v in by_account.items()}
+        marks = orjson.loads(globals_[state_keys.MARKS]) if state_keys.MARKS in globals_ else None
         expected_records = {a: orjson.loads(orjson.dumps(records.account_record(engine, a))) for a in engine.accounts}
         counts["account_records"] += len(expected_records)
         if committed != expected_records:
@@ -295,6 +310,12 @@ def verify_against_replay(bootstrap: str, env: dict) -> dict[str, int]:
         if engine.market.marks and marks != orjson.loads(orjson.dumps(records.marks_record(engine))):
             problems.append(f"partition {p}: committed marks record {marks} vs replay "
                             f"{records.marks_record(engine)}")
+        # remembered ids: the committed seen-ids records are the replay's, values (ts, account) too
+        committed_ids = dict(state_keys.split_seen_table(p, remembered))
+        counts["remembered_ids"] += len(committed_ids)
+        if committed_ids != dict(engine.seen.dated_items()):
+            problems.append(f"partition {p}: committed remembered ids {len(committed_ids)} vs replay "
+                            f"{len(engine.seen)}")
     counts["outputs_compared"] = sum(counts[f"{t}_compared"] for t in OUTPUTS)
     if problems:
         raise AssertionError(f"{len(problems)} problems (counts {dict(counts)}):\n" + "\n".join(problems))
@@ -304,7 +325,7 @@ def verify_against_replay(bootstrap: str, env: dict) -> dict[str, int]:
 
 def report(name: str, counts: dict, **extra) -> None:
     keys = ("events_checked", "outputs_compared", "margin-status_compared", "margin-calls_compared",
-            "liquidations_compared", "dead-letters_compared", "account_records", "duplicates", "missing", "extra")
+            "liquidations_compared", "dead-letters_compared", "account_records", "remembered_ids", "duplicates", "missing", "extra")
     print(f"\n[{name}] " + ", ".join(f"{k}={v}" for k, v in extra.items()) + "; "
           + ", ".join(f"{k}={counts.get(k, 0)}" for k in keys))
 
@@ -321,7 +342,7 @@ def test_kill9_at_random_points_outputs_equal_replay(kafka_bootstrap, unique_pre
     rng = random.Random(seed)
     points = [round(0.1 + (i + rng.random()) * 0.8 / 3, 3) for i in range(3)]  # one per third of the run
     print(f"\n[crash] MW_FAULT_SEED={seed}: kill points at progress {points}")
-    envelopes = market(seed=31)
+    envelopes = with_odd_accounts(market(seed=31))
     env = worker_env(kafka_bootstrap, unique_prefix, PARTITIONS)
     worker = WorkerProcess(env, tmp_path, "w", supervised=True).start()
     progress = Progress(kafka_bootstrap, env, envelopes)

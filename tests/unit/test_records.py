@@ -57,7 +57,11 @@ class Changelog:
         accounts, seen, globals_changed = engine.take_dirty()
         for account_id in accounts:
             self.accounts[account_id] = _json(records.account_record(engine, account_id))
-        self.seen.update(seen)
+        for key, value in seen.items():
+            if value is None:  # forgotten: a tombstone
+                self.seen.pop(key, None)
+            else:
+                self.seen[key] = value
         if globals_changed:
             self.marks = _json(records.marks_record(engine))
         if engine.params_version != self.params_version:
@@ -86,6 +90,7 @@ def step(engine: PartitionEngine, ev):
 def assert_same_state(a: PartitionEngine, b: PartitionEngine) -> None:
     assert set(a.accounts) == set(b.accounts)
     assert a.last_ts == b.last_ts and a.mark_meta == b.mark_meta and a.market.marks == b.market.marks
+    assert dict(a.seen.dated_items()) == dict(b.seen.dated_items())
     ids = sorted(a.accounts)
     if not ids:
         return
@@ -132,9 +137,11 @@ def run_with_restarts(events, cuts, cfg: MarginConfig = CFG, seed=()):
 # random logs, random cut points
 # --------------------------------------------------------------------------------------
 @settings(max_examples=80, deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
-@given(scenarios(), st.lists(st.integers(0, 10_000), min_size=1, max_size=5), st.sampled_from([0, 1000]))
-def test_restart_from_changelog_continues_identically(events, cuts, interval):
-    cfg = MarginConfig(status_interval_ms=interval)
+@given(scenarios(), st.lists(st.integers(0, 10_000), min_size=1, max_size=5), st.sampled_from([0, 1000]),
+       st.sampled_from([86_400_000, 7]))
+def test_restart_from_changelog_continues_identically(events, cuts, interval, id_window_ms):
+    # scenario times step by 1 ms: a 7 ms window forgets ids (and writes tombstones) all along
+    cfg = MarginConfig(status_interval_ms=interval, id_window_ms=id_window_ms)
     run_with_restarts(events, {c % (len(events) + 1) for c in cuts}, cfg)
 
 
