@@ -527,14 +527,12 @@ class PartitionEngine:
 
     # -- persistence ---------------------------------------------------------------------
     def _remember(self, account_id: str, seen_key: str, fp: str, ts: int) -> None:
-        forgotten = self.seen.remember(account_id, seen_key, fp, ts)
-        for key in forgotten:
+        for key in self.seen.remember(account_id, seen_key, fp, ts):
+            # a tombstone even for seen_key itself when it is outside the window on arrival:
+            # an earlier copy forgotten in the same uncommitted batch was written before
             self._dirty_seen[key] = None
         if seen_key in self.seen:
             self._dirty_seen[seen_key] = encode_value(fp, ts, account_id)
-        else:
-            # outside the window on arrival: never written, so nothing to delete either
-            self._dirty_seen.pop(seen_key, None)
 
     def take_dirty(self) -> tuple[set[str], dict[str, str | None], bool]:
         """Accounts, remembered ids (key -> changelog value, None when forgotten) and

@@ -194,6 +194,18 @@ async def read_topic(bootstrap: str, topic: str, committed: bool = True, idle_s:
         await consumer.stop()
 
 
+async def latest_values(bootstrap: str, topic: str) -> dict[bytes, bytes]:
+    """The committed latest value per key of a compacted topic (a tombstone removes the key)."""
+    latest: dict[bytes, bytes] = {}
+    for recs in (await read_topic(bootstrap, topic)).values():
+        for rec in recs:
+            if rec.value is None:
+                latest.pop(rec.key, None)
+            else:
+                latest[rec.key] = rec.value
+    return latest
+
+
 def sequenced_as_replay_lines(records: list) -> list[bytes]:
     """An exported sequenced partition in the replay format."""
     lines = []

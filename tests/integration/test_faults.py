@@ -63,6 +63,7 @@ from .harness import (
     envelope_bytes,
     expected_sequenced,
     free_port,
+    latest_values,
     read_topic,
     sequenced_as_replay_lines,
     settings_for,
@@ -223,17 +224,6 @@ class Progress:
 
 
 # ------------------------------------------------------------------ the check
-async def _latest_values(bootstrap: str, topic: str) -> dict[bytes, bytes]:
-    latest: dict[bytes, bytes] = {}
-    for recs in (await read_topic(bootstrap, topic)).values():
-        for rec in recs:
-            if rec.value is None:
-                latest.pop(rec.key, None)
-            else:
-                latest[rec.key] = rec.value
-    return latest
-
-
 def _first_difference(got: list[dict], want: list[dict]) -> str:
     i = next((i for i, (a, b) in enumerate(zip(got, want)) if a != b), min(len(got), len(want)))
     a = got[i] if i < len(got) else {}
@@ -251,8 +241,8 @@ def verify_against_replay(bootstrap: str, env: dict) -> dict[str, int]:
     settings = settings_for(env)
     seq = asyncio.run(read_topic(bootstrap, sequenced_topic(settings)))
     outputs = asyncio.run(worker_outputs(bootstrap, env["MW_TOPIC_PREFIX"]))
-    state = asyncio.run(_latest_values(bootstrap, f"{env['MW_APP_ID']}-accounts-changelog"))
-    remembered = asyncio.run(_latest_values(bootstrap, f"{env['MW_APP_ID']}-seen-ids-changelog"))
+    state = asyncio.run(latest_values(bootstrap, f"{env['MW_APP_ID']}-accounts-changelog"))
+    remembered = asyncio.run(latest_values(bootstrap, f"{env['MW_APP_ID']}-seen-ids-changelog"))
     counts: Counter = Counter()
     problems: list[str] = []
     for p in range(PARTITIONS):

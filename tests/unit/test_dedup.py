@@ -93,9 +93,22 @@ def test_engine_redelivery_inside_and_outside_the_window():
     assert dirty[k("a", "d1")] is None and dirty[k("a", "d3")] is not None  # a tombstone, a new record
     # the contract's limit: past the window a redelivery is applied again
     assert eng.apply(dep).outcome == APPLIED
-    # ... and, being outside the window on arrival, is neither remembered nor written
-    assert k("a", "d1") not in eng.seen and k("a", "d1") not in eng.take_dirty()[1]
+    # ... and, being outside the window on arrival, is not remembered (its record: a tombstone)
+    assert k("a", "d1") not in eng.seen and eng.take_dirty()[1] == {k("a", "d1"): None}
     assert str(eng.accounts["a"].book.balances["USDT"]) == "22"  # 10 + 1 + 1 + 10
+
+
+def test_engine_batch_keeps_the_tombstone_of_an_id_forgotten_then_applied_again():
+    # the worker reads take_dirty() once per batch: d1 forgotten by d3, then redelivered
+    # outside the window, must leave a tombstone, not its earlier record (seen on the broker)
+    eng = new_engine(MarginConfig(status_interval_ms=0, id_window_ms=100))
+    d1 = collateral("d1", "a", "USDT", "10", 1000)
+    eng.apply(d1)
+    eng.take_dirty()
+    eng.apply(collateral("d3", "a", "USDT", "1", 1101))  # forgets d1 ...
+    assert eng.apply(d1).outcome == APPLIED              # ... which comes again, in the same batch
+    dirty = eng.take_dirty()[1]
+    assert dirty[k("a", "d1")] is None and dirty[k("a", "d3")] is not None
 
 
 # --------------------------------------------------------------------------------------
@@ -133,3 +146,25 @@ def test_engine_matches_the_rule_and_restarts_agree(events, cuts):
             latest[ev.account_id] = max(latest.get(ev.account_id, ev.ts), ev.ts)
     want = {k(a, i) for (a, i), ts in applied.items() if ts >= latest[a] - window}
     assert {key for key, _ in engine.seen.items()} == want
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(deposit_logs(), st.lists(st.booleans(), min_size=40, max_size=40))
+def test_changelog_written_in_batches_equals_the_remembered_ids(events, persist_after):
+    # the worker takes the dirty records once per batch, not once per event
+    eng = new_engine(MarginConfig(status_interval_ms=0, id_window_ms=50))
+    table: dict[str, str] = {}
+
+    def persist():
+        for key, value in eng.take_dirty()[1].items():
+            if value is None:
+                table.pop(key, None)
+            else:
+                table[key] = value
+
+    for ev, flush in zip(events, persist_after):
+        step(eng, ev)
+        if flush:
+            persist()
+    persist()
+    assert table == dict(eng.seen.dated_items())
