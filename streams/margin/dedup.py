@@ -19,7 +19,8 @@ A redelivery later than the window is applied again; that is the contract's limi
 Changelog values are ``fingerprint``, ``ts`` and ``account_id`` joined by ``"\\x1f"``
 (the account last: an account id may itself hold the separator, so the key alone
 cannot name it). A value of the fingerprint alone (written before ids were
-forgotten) counts as T(a) when it is restored, so it is kept at least one more window.
+forgotten) is dated T(a) when it is restored (or the partition's latest event time
+when its account has no dated value), so it is kept at least one more window.
 """
 from __future__ import annotations
 
@@ -103,8 +104,11 @@ class RememberedIds:
             forgotten.append(key)
         return forgotten
 
-    def restore(self, entries: Iterable[tuple[str, str]]) -> None:
-        """Load ``(key, changelog value)`` pairs (any order) and apply the rule to them."""
+    def restore(self, entries: Iterable[tuple[str, str]], undated_ts: int = 0) -> None:
+        """Load ``(key, changelog value)`` pairs (any order) and apply the rule to them.
+
+        A value without a ts is dated T(a), or ``undated_ts`` (the partition's latest
+        event time) for an account with no dated value."""
         undated: list[tuple[str, str, str]] = []
         for key, value in entries:
             fp, ts, account_id = decode_value(value)
@@ -117,8 +121,7 @@ class RememberedIds:
             if ts > self._latest.get(account_id, ts - 1):
                 self._latest[account_id] = ts
         for account_id, key, fp in undated:
-            ts = self._latest.get(account_id, 0)
-            self._latest.setdefault(account_id, ts)
+            ts = self._latest.setdefault(account_id, undated_ts)
             self._fp[key] = fp
             self._by_account.setdefault(account_id, []).append((ts, key))
         for account_id, heap in self._by_account.items():

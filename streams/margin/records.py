@@ -147,7 +147,7 @@ def restore(engine, params_rec: dict | None, marks_rec: dict | None, accounts: I
         idx.emit_ts[ra] = [rec["et"] for _, rec, _ in loaded]
         idx.emit_ratio[ra] = [math.nan if rec["er"] is None else float(rec["er"]) for _, rec, _ in loaded]
         idx.book_dirty[ra] = [rec["bd"] for _, rec, _ in loaded]
-    engine.seen.restore(seen)
+    engine.seen.restore(seen, undated_ts=engine.last_ts)
 
 
 def state_counts(engine) -> dict[str, int]:

@@ -51,11 +51,14 @@ def test_restore_applies_the_rule_and_keeps_legacy_values_one_more_window():
         (k("a", "x"), encode_value("fx", 10, "a")),    # 10 < 500 − 100: forgotten
         (k("a", "y"), encode_value("fy", 500, "a")),
         (k("a", "legacy"), "fl"),                        # no ts: counts as T(a) = 500
-        (k("b", "legacy"), "fb"),                        # an account with legacy values only: T = 0
-    ])
+        (k("b", "legacy"), "fb"),                        # legacy values only: T = undated_ts
+    ], undated_ts=300)
     assert sorted(ids.items()) == [(k("a", "legacy"), "fl"), (k("a", "y"), "fy"), (k("b", "legacy"), "fb")]
     assert ids.latest_ts("a") == 500
     assert ids.remember("a", k("a", "z"), "fz", 601) == [k("a", "legacy"), k("a", "y")]  # cutoff 501
+    assert ids.latest_ts("b") == 300
+    assert ids.remember("b", k("b", "n"), "fn", 400) == []  # cutoff 300: the legacy id stays
+    assert ids.remember("b", k("b", "m"), "fm", 401) == [k("b", "legacy")]
 
 
 def test_values_name_the_account_even_when_it_holds_the_separator():
