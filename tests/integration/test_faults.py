@@ -315,7 +315,8 @@ def verify_against_replay(bootstrap: str, env: dict) -> dict[str, int]:
 
 def report(name: str, counts: dict, **extra) -> None:
     keys = ("events_checked", "outputs_compared", "margin-status_compared", "margin-calls_compared",
-            "liquidations_compared", "dead-letters_compared", "account_records", "remembered_ids", "duplicates", "missing", "extra")
+            "liquidations_compared", "dead-letters_compared", "account_records", "remembered_ids",
+            "duplicates", "missing", "extra")
     print(f"\n[{name}] " + ", ".join(f"{k}={v}" for k, v in extra.items()) + "; "
           + ", ".join(f"{k}={counts.get(k, 0)}" for k in keys))
 
@@ -347,9 +348,9 @@ def test_kill9_at_random_points_outputs_equal_replay(kafka_bootstrap, unique_pre
             # mid-processing: the current incarnation has finished its recovery (it logs one
             # "recovery complete" per incarnation; killing it before that line would leave the
             # count below short) and has handled input
-            incarnation = len(kills) + 1
-            progress.wait(lambda: recoveries_logged(worker) >= incarnation and worker.inputs_handled() > 0,
-                          90, [worker], f"incarnation {incarnation} recovered and handling input")
+            progress.wait(lambda: recoveries_logged(worker) >= len(kills) + 1 + worker.restarts
+                          and worker.inputs_handled() > 0,
+                          90, [worker], f"incarnation {len(kills) + 1 + worker.restarts} recovered, handling input")
             worker.kill(signal.SIGKILL)
             kills.append(round(at, 3))
             print(f"[crash] kill -9 at progress {at:.3f} (feeder sent {feeder.sent}/{len(envelopes)}), "
