@@ -44,7 +44,7 @@ from aiokafka.admin import AIOKafkaAdminClient, NewTopic  # noqa: E402
 import engine as book_bench  # noqa: E402  (bench/engine.py)
 from streams.agents import state_keys  # noqa: E402
 from streams.margin import records  # noqa: E402
-from streams.margin.dedup import encode_value  # noqa: E402
+from streams.margin.dedup import encode_value, id_key  # noqa: E402
 from streams.pipeline import margin_config  # noqa: E402
 from streams.settings import Settings  # noqa: E402
 from streams.topics import account_partition  # noqa: E402
@@ -74,7 +74,7 @@ def build_records(args, settings: Settings) -> tuple[dict, dict, dict]:
         p = account_partition(account_id.encode(), args.partitions)
         acc[p].append((state_keys.account_key(p, account_id), orjson.dumps(records.account_record(eng, account_id))))
         for k in range(args.seen_per_account):
-            key = f"{account_id}{state_keys.SEP}fills{state_keys.SEP}{account_id}-f{k}"
+            key = id_key(account_id, "fills", f"{account_id}-f{k}")
             seen[p].append((state_keys.seen_key(p, key), encode_value("0123456789abcdef", ts, account_id).encode()))
     mark = float(eng.market.marks[book_bench.TICKED])
     return acc, seen, {"book": info, "mark": mark}

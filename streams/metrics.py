@@ -21,7 +21,7 @@ Metrics (name ``{labels}`` — meaning):
 - ``marginwatch_liquidation_episodes_total`` — scopes that entered liquidation (episodes started).
 - ``marginwatch_positions`` — open positions held by this worker.
 - ``marginwatch_accounts_held`` — accounts held by this worker.
-- ``marginwatch_remembered_input_ids`` — input ids (fills, collateral, snapshots) this worker remembers to tell redeliveries from new events; the state that grows with input (the contract keeps them ≥ 100,000 per account or 24 h).
+- ``marginwatch_remembered_input_ids`` — input ids (fills, collateral, snapshots) this worker remembers to tell redeliveries from new events; the state that grows with input until it spans 24 h of event time per account (older ids are forgotten, ``streams/margin/dedup.py``).
 - ``process_resident_memory_bytes``, ``process_cpu_seconds_total``, ``process_open_fds`` … — prometheus_client's standard process collector (the worker's RSS, CPU, descriptors).
 - ``marginwatch_mark_price_age_seconds{symbol}`` — wall-clock seconds since a mark tick of the symbol was last applied; computed at scrape time, keeps growing when no tick arrives.
 - ``marginwatch_mark_price_last_timestamp_seconds{symbol}`` — event time (ts) of the last applied mark tick of the symbol, Unix seconds.

@@ -32,6 +32,11 @@ DAY_MS = 86_400_000
 _SEP = "\x1f"
 
 
+def id_key(account_id: str, topic: str, ident: str) -> str:
+    """The key of an account's input id (``topic``: fills, collateral or account-snapshots)."""
+    return f"{account_id}{_SEP}{topic}{_SEP}{ident}"
+
+
 def encode_value(fp: str, ts: int, account_id: str) -> str:
     """The changelog value of a remembered id."""
     return f"{fp}{_SEP}{ts}{_SEP}{account_id}"
@@ -50,8 +55,8 @@ def decode_value(value: str) -> tuple[str, int | None, str | None]:
 class RememberedIds:
     """Remembered ids of one partition: key -> fingerprint, forgotten by the rule above.
 
-    Keys are ``account_id + "\\x1f" + topic + "\\x1f" + id``; the account is
-    passed alongside, never parsed from a key (see the module docstring).
+    Keys are :func:`id_key` (``account_id + "\\x1f" + topic + "\\x1f" + id``); the
+    account is passed alongside, never parsed from a key (see the module docstring).
     """
 
     __slots__ = ("window_ms", "_fp", "_by_account", "_latest")

@@ -20,7 +20,7 @@ from decimal import Decimal
 import numpy as np
 
 from .book import AccountBook
-from .dedup import RememberedIds, encode_value
+from .dedup import RememberedIds, encode_value, id_key
 from .errors import (
     CONFLICTING_DUPLICATE,
     UNKNOWN_ASSET,
@@ -213,7 +213,7 @@ class PartitionEngine:
     # account events ---------------------------------------------------------------------
     def _apply_account_event(self, ev) -> ApplyResult:
         kind, ident = ev.topic, ev.cause_id
-        seen_key = f"{ev.account_id}\x1f{kind}\x1f{ident}"
+        seen_key = id_key(ev.account_id, kind, ident)
         fp = fingerprint(ev)
         prior = self.seen.get(seen_key)
         if prior == fp:
